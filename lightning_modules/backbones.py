@@ -1,0 +1,199 @@
+"""Backbones: plain ``nn.Module``s, each ``features`` (encoder) followed by ``head`` (linear).
+
+The split lets SimCLR train the encoder alone, lets fine-tuning load every
+tensor but the head, and gives callbacks one place to find the first conv.
+All take ``input_channel`` and ``n_outputs`` (cleanlab's names).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torchvision
+
+
+class Backbone(nn.Module):
+    """``forward(x) = head(features(x))``; ``feature_dim`` is the head's input size."""
+
+    features: nn.Module
+    head: nn.Module
+    feature_dim: int
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _scaled(channels: int, width: float) -> int:
+    return max(1, int(round(channels * width)))
+
+
+def _conv_bn_lrelu(cin: int, cout: int, padding: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=padding), nn.BatchNorm2d(cout), nn.LeakyReLU(0.01)]
+
+
+class CNN(Backbone):
+    """The 9-layer CNN of co-teaching (Han et al. 2018), with cleanlab's signature.
+
+    128-128-128, max-pool + dropout, 256-256-256, max-pool + dropout,
+    512-256-128 (3x3, unpadded), global average pool, linear; batch norm and
+    leaky ReLU (slope 0.01) after every conv. ``width`` scales every channel
+    count (1.0 = the paper's network) for CPU-scale runs. Unlike the reference
+    code, dropout is off in eval mode (the reference calls ``F.dropout2d``
+    without ``training=``, so it also drops at test time).
+    """
+
+    def __init__(
+        self, input_channel: int = 3, n_outputs: int = 10, dropout_rate: float = 0.25, top_bn: bool = False,
+        width: float = 1.0,
+    ):
+        super().__init__()
+        c128, c256, c512 = _scaled(128, width), _scaled(256, width), _scaled(512, width)
+        self.features = nn.Sequential(
+            *_conv_bn_lrelu(input_channel, c128, 1), *_conv_bn_lrelu(c128, c128, 1), *_conv_bn_lrelu(c128, c128, 1),
+            nn.MaxPool2d(2, 2), nn.Dropout2d(dropout_rate),
+            *_conv_bn_lrelu(c128, c256, 1), *_conv_bn_lrelu(c256, c256, 1), *_conv_bn_lrelu(c256, c256, 1),
+            nn.MaxPool2d(2, 2), nn.Dropout2d(dropout_rate),
+            *_conv_bn_lrelu(c256, c512, 0), *_conv_bn_lrelu(c512, c256, 0), *_conv_bn_lrelu(c256, c128, 0),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.feature_dim = c128
+        linear = nn.Linear(c128, n_outputs)
+        self.head = nn.Sequential(linear, nn.BatchNorm1d(n_outputs)) if top_bn else linear
+
+
+class SmallVGG(Backbone):
+    """VGG-style 64-64 / 128-128 / 256-256 conv pairs with batch norm, max-pool after each
+    pair, global average pool, linear: about 1.15 M parameters (study companion)."""
+
+    def __init__(self, input_channel: int = 3, n_outputs: int = 10, dropout_rate: float = 0.0):
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = input_channel
+        for cout in (64, 128, 256):
+            for _ in range(2):
+                layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+                cin = cout
+            layers.append(nn.MaxPool2d(2))
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout_rate)]
+        self.features = nn.Sequential(*layers)
+        self.feature_dim = 256
+        self.head = nn.Linear(256, n_outputs)
+
+
+class LeNet(Backbone):
+    """Tutorial net 1: two 5x5 convs (6, 16) with max-pool, then 120-84 fully connected (LeNet-5 style)."""
+
+    def __init__(self, input_channel: int = 3, n_outputs: int = 10, image_size: int = 32):
+        super().__init__()
+        side = ((image_size - 4) // 2 - 4) // 2
+        self.features = nn.Sequential(
+            nn.Conv2d(input_channel, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(16 * side * side, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+        )
+        self.feature_dim = 84
+        self.head = nn.Linear(84, n_outputs)
+
+
+class ConvNet3(Backbone):
+    """Tutorial net 2: three 3x3 convs (32, 64, 128) each with max-pool, dropout, 256-unit dense layer."""
+
+    def __init__(self, input_channel: int = 3, n_outputs: int = 10, dropout_rate: float = 0.25, image_size: int = 32):
+        super().__init__()
+        side = image_size // 8
+        self.features = nn.Sequential(
+            nn.Conv2d(input_channel, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Dropout(dropout_rate), nn.Linear(128 * side * side, 256), nn.ReLU(), nn.Dropout(dropout_rate),
+        )
+        self.feature_dim = 256
+        self.head = nn.Linear(256, n_outputs)
+
+
+class ConvNet6(Backbone):
+    """Tutorial net 3: six 3x3 convs in pairs (32, 64, 128) with batch norm, max-pool and dropout per pair."""
+
+    def __init__(self, input_channel: int = 3, n_outputs: int = 10, dropout_rate: float = 0.2):
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = input_channel
+        for cout in (32, 64, 128):
+            layers += [
+                nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
+                nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
+                nn.MaxPool2d(2), nn.Dropout(dropout_rate),
+            ]
+            cin = cout
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.features = nn.Sequential(*layers)
+        self.feature_dim = 128
+        self.head = nn.Linear(128, n_outputs)
+
+
+class ResNet(Backbone):
+    """torchvision ResNet-18/34/50 with the CIFAR stem: 3x3 stride-1 first conv, no max-pool."""
+
+    DEPTHS = {18: torchvision.models.resnet18, 34: torchvision.models.resnet34, 50: torchvision.models.resnet50}
+
+    def __init__(self, depth: int = 18, input_channel: int = 3, n_outputs: int = 10):
+        super().__init__()
+        if depth not in self.DEPTHS:
+            raise ValueError(f"ResNet depth must be one of {sorted(self.DEPTHS)}, got {depth}")
+        net = self.DEPTHS[depth](weights=None)
+        net.conv1 = nn.Conv2d(input_channel, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+        self.feature_dim = net.fc.in_features
+        net.fc = nn.Identity()
+        self.features = net
+        self.head = nn.Linear(self.feature_dim, n_outputs)
+
+
+class MLP(Backbone):
+    """Fully connected net on raw pixels (flattened), ReLU between hidden layers."""
+
+    def __init__(
+        self, input_channel: int = 3, n_outputs: int = 10, image_size: int = 32,
+        hidden: tuple[int, ...] = (512, 256), dropout_rate: float = 0.0,
+    ):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        cin = input_channel * image_size * image_size
+        for h in hidden:
+            layers += [nn.Linear(cin, h), nn.ReLU(), nn.Dropout(dropout_rate)]
+            cin = h
+        self.features = nn.Sequential(*layers)
+        self.feature_dim = cin
+        self.head = nn.Linear(cin, n_outputs)
+
+
+def first_conv(model: nn.Module) -> nn.Conv2d | None:
+    """The first ``nn.Conv2d`` in registration order (what filter visualisation shows)."""
+    return next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+
+
+def reinitialise(model: nn.Module) -> nn.Module:
+    """Reset every parameter with its layer's own initialiser (a fresh, independent network)."""
+    for m in model.modules():
+        if hasattr(m, "reset_parameters") and m is not model:
+            m.reset_parameters()
+    return model
+
+
+def output_size(model: nn.Module, image_shape: tuple[int, int, int]) -> int:
+    """Number of outputs of ``model`` for one image of ``image_shape`` (probed in eval mode)."""
+    was_training = model.training
+    model.eval()
+    try:
+        p = next(model.parameters())
+        with torch.no_grad():
+            out = model(torch.zeros(2, *image_shape, device=p.device, dtype=p.dtype))
+    finally:
+        model.train(was_training)
+    return int(out.shape[-1])
+
+
+__all__ = ["Backbone", "CNN", "SmallVGG", "LeNet", "ConvNet3", "ConvNet6", "ResNet", "MLP"]

@@ -1,0 +1,119 @@
+"""Classifier: one backbone trained with CE or GCE on the (noisy) targets."""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.cli import OptimizerCallable
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from . import backbones as bb
+from .evaluation import EvaluationMixin
+from .losses import classification_loss
+from .schedules import ScheduleName, build_scheduler, check_schedule
+
+
+class Classifier(EvaluationMixin, pl.LightningModule):
+    """Supervised training of any backbone on noisy labels.
+
+    Args:
+        backbone: the network (``class_path`` in YAML); its output size must equal ``num_classes``.
+        num_classes: linked from the datamodule by train.py.
+        loss: ``ce`` or ``gce`` (Zhang & Sabuncu 2018, non-truncated).
+        gce_q: GCE exponent q (paper default 0.7).
+        label_smoothing: for ``ce`` only.
+        optimizer: optimiser factory, e.g. ``torch.optim.SGD`` with ``init_args``.
+        lr_schedule: ``constant``, ``cosine`` (to 0 at the last step) or ``multistep``.
+        warmup_epochs: linear warm-up length in epochs (may be fractional).
+        milestones, gamma: multistep epochs and factor.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int = 10,
+        loss: Literal["ce", "gce"] = "ce",
+        gce_q: float = 0.7,
+        label_smoothing: float = 0.0,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_schedule: ScheduleName = "constant",
+        warmup_epochs: float = 0.0,
+        milestones: Sequence[int] = (),
+        gamma: float = 0.1,
+    ):
+        super().__init__()
+        if loss not in ("ce", "gce"):
+            raise ValueError(f"unknown loss {loss!r}; allowed: ce, gce")
+        if loss == "gce" and not 0.0 < gce_q <= 1.0:
+            raise ValueError(f"gce_q must be in (0, 1], got {gce_q}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        check_schedule(lr_schedule, warmup_epochs, milestones, gamma)
+        self.save_hyperparameters(ignore=["backbone", "optimizer"])
+        self.backbone = backbone
+        self.optimizer_factory = optimizer
+        self.train_acc_noisy = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.train_acc_clean = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.init_eval_metrics(num_classes)
+
+    def setup(self, stage: str) -> None:
+        image_shape = getattr(self.trainer.datamodule, "image_shape", (3, 32, 32)) if self._trainer else (3, 32, 32)
+        check_backbone(self.backbone, self.hparams.num_classes, image_shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        hp = self.hparams
+        return classification_loss(logits, targets, hp.loss, hp.gce_q, hp.label_smoothing, reduction)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        logits = self(batch["image"])
+        loss = self.loss(logits, batch["target"])
+        preds = logits.argmax(1)
+        self.train_acc_noisy(preds, batch["target"])
+        self.train_acc_clean(preds, batch["clean_target"])  # logging only: never used for training
+        n = len(preds)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("train/acc_noisy", self.train_acc_noisy, on_step=False, on_epoch=True, batch_size=n)
+        self.log("train/acc_clean", self.train_acc_clean, on_step=False, on_epoch=True, batch_size=n)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.log_eval("val", self(batch["image"]), batch)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.log_eval("test", self(batch["image"]), batch)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        probs = self(batch["image"]).softmax(1)
+        return {"index": batch["index"], "probs": probs, "pred": probs.argmax(1)}
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = self.optimizer_factory(self.parameters())
+        if hp.lr_schedule == "constant" and hp.warmup_epochs == 0:
+            return optimizer
+        scheduler = build_scheduler(
+            optimizer, int(self.trainer.estimated_stepping_batches), int(self.trainer.max_epochs or 1),
+            hp.lr_schedule, hp.warmup_epochs, hp.milestones, hp.gamma,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+def check_backbone(backbone: nn.Module, num_classes: int, image_shape: tuple[int, int, int]) -> None:
+    """Fail before training when the backbone cannot map the data's images to ``num_classes`` logits."""
+    try:
+        n = bb.output_size(backbone, image_shape)
+    except RuntimeError as err:
+        raise ValueError(
+            f"backbone {type(backbone).__name__} cannot take images of shape {tuple(image_shape)}: {err}"
+        ) from err
+    if n != num_classes:
+        raise ValueError(
+            f"backbone {type(backbone).__name__} outputs {n} logits but the data has {num_classes} classes; "
+            f"set the backbone's n_outputs to {num_classes}"
+        )

@@ -1,0 +1,46 @@
+"""Validation / test metrics shared by every classifier-like module.
+
+One torchmetrics object per split (lightning-hydra-template style). The test
+prefix is an attribute so that train.py can report the last and the
+best-by-validation checkpoints under different names (``test/`` and
+``test_best/``) in the same run.
+"""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+
+def split_metrics(num_classes: int) -> MetricCollection:
+    return MetricCollection(
+        {
+            "acc": MulticlassAccuracy(num_classes=num_classes, average="micro"),
+            "f1": MulticlassF1Score(num_classes=num_classes, average="macro"),
+        }
+    )
+
+
+class EvaluationMixin:
+    """Adds ``val/acc``, ``val/f1``, ``{test_prefix}/acc``, ``{test_prefix}/f1`` logging."""
+
+    test_prefix: str = "test"
+
+    def init_eval_metrics(self: pl.LightningModule, num_classes: int) -> None:
+        self.val_metrics = split_metrics(num_classes)
+        self.test_metrics = split_metrics(num_classes)
+
+    def log_eval(self: pl.LightningModule, split: str, logits: torch.Tensor, batch: dict) -> None:
+        target = batch["target"]
+        loss = nn.functional.cross_entropy(logits.float(), target)
+        if split == "val":
+            self.val_metrics.update(logits, target)
+            prefix, metrics = "val", self.val_metrics
+        else:
+            self.test_metrics.update(logits, target)
+            prefix, metrics = self.test_prefix, self.test_metrics
+        self.log(f"{prefix}/loss", loss, sync_dist=True, batch_size=len(target))
+        self.log_dict({f"{prefix}/{k}": m for k, m in metrics.items()}, prog_bar=(split == "val"))

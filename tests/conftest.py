@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny CIFAR folders, and the real CIFAR-10 copy when ../shared/data exists."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fake_cifar import write_fake_cifar10, write_fake_cifar100  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def fake_cifar10_dir(tmp_path_factory) -> Path:
+    """A data_dir holding a tiny CIFAR-10 (500 train / 200 test) in the official layout."""
+    root = tmp_path_factory.mktemp("cifar10")
+    write_fake_cifar10(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def fake_cifar100_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cifar100")
+    write_fake_cifar100(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def real_cifar10_dir(tmp_path_factory) -> Path:
+    """The real CIFAR-10 copy from ../shared/data written out in the official layout (skips without it)."""
+    script = SHARED_DATA / "make_cifar10.py"
+    if not script.is_file():
+        pytest.skip(f"real CIFAR-10 copy not available ({SHARED_DATA} absent)")
+    cached = os.environ.get("REAL_CIFAR10_DIR")
+    if cached and (Path(cached) / "cifar-10-batches-py").is_dir():
+        return Path(cached)
+    root = tmp_path_factory.mktemp("real_cifar10")
+    subprocess.run([sys.executable, str(script), str(root)], check=True, capture_output=True)
+    return root
+
+
+def run_train(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``python train.py ARGS`` as a user would; fail the test with its output on error."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )
+    return proc
