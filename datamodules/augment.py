@@ -72,3 +72,22 @@ class Normalize(torch.nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return normalize(to_float(images), self.mean, self.std)
+
+
+# name -> factory(mean, std) of the training-time transform. A transform returns
+# either a tensor (it replaces ``batch["image"]``) or a dict merged into the batch
+# (e.g. two SimCLR views).
+TRAIN_AUGMENTATIONS = {
+    "crop_flip": lambda mean, std: CropFlip(mean, std),
+    "none": lambda mean, std: Normalize(mean, std),
+}
+
+
+def apply_transform(transform: torch.nn.Module, batch: dict) -> dict:
+    """Run ``transform`` on ``batch["image"]`` and put its result back in the batch."""
+    out = transform(batch["image"])
+    if isinstance(out, dict):
+        batch.update(out)
+    else:
+        batch["image"] = out
+    return batch

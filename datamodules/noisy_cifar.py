@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pytorch_lightning as pl
@@ -37,7 +36,8 @@ class NoisyCIFAR(pl.LightningDataModule):
         human_labels: path to a CIFAR-N label file (.pt as published, or .npz).
         human_label_set: which human labels (CIFAR-10N: aggre, worst, random1..3; CIFAR-100N: noisy).
         noisy_labels_path: a ``noisy_labels.npz`` written by an earlier run, to reuse its exact noise.
-        augmentation: ``crop_flip`` (4 px reflect-padded crop + flip) or ``none``, run batched on the device.
+        augmentation: training transform, run batched on the device: ``crop_flip`` (4 px
+            reflect-padded crop + flip) or ``none``; see ``augment.TRAIN_AUGMENTATIONS``.
     """
 
     spec: cifar_source.CifarSpec
@@ -61,7 +61,7 @@ class NoisyCIFAR(pl.LightningDataModule):
         human_labels: str | None = None,
         human_label_set: str | None = None,
         noisy_labels_path: str | None = None,
-        augmentation: Literal["crop_flip", "none"] = "crop_flip",
+        augmentation: str = "crop_flip",
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -83,11 +83,11 @@ class NoisyCIFAR(pl.LightningDataModule):
             raise ValueError(f"val_size must be >= 0, got {val_size}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if augmentation not in ("crop_flip", "none"):
-            raise ValueError(f"unknown augmentation {augmentation!r}; allowed: crop_flip, none")
-        self.train_transform = (
-            augment.CropFlip(self.mean, self.std) if augmentation == "crop_flip" else augment.Normalize(self.mean, self.std)
-        )
+        if augmentation not in augment.TRAIN_AUGMENTATIONS:
+            raise ValueError(
+                f"unknown augmentation {augmentation!r}; allowed: {', '.join(augment.TRAIN_AUGMENTATIONS)}"
+            )
+        self.train_transform = augment.TRAIN_AUGMENTATIONS[augmentation](self.mean, self.std)
         self.eval_transform = augment.Normalize(self.mean, self.std)
         self._train: cifar_source.CifarSplit | None = None
         self._test: cifar_source.CifarSplit | None = None
@@ -222,8 +222,7 @@ class NoisyCIFAR(pl.LightningDataModule):
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Augment (training) or only normalise (evaluation) on the batch's device."""
         training = self.trainer is not None and self.trainer.training
-        batch["image"] = (self.train_transform if training else self.eval_transform)(batch["image"])
-        return batch
+        return augment.apply_transform(self.train_transform if training else self.eval_transform, batch)
 
 
 def save_noisy_labels(dm: NoisyCIFAR, path: Path) -> None:
