@@ -21,6 +21,8 @@ _ALLOWED = {
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
     ("_codecs", "encode"),  # how protocol-2 pickles store bytes
+    ("numpy.core.numeric", "_frombuffer"),  # how protocol-5 pickles store arrays
+    ("numpy._core.numeric", "_frombuffer"),
 }
 
 

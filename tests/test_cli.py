@@ -1,0 +1,194 @@
+"""train.py: a real fit + test as subprocesses on the tiny data, --help, and every YAML in configs/."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import yaml
+from torch import nn
+
+from conftest import REPO, run_train
+
+sys.path.insert(0, str(REPO))
+from train import main  # noqa: E402
+
+CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
+
+
+def _tiny_config(tmp_path: Path, data_dir: Path) -> Path:
+    cfg = {
+        "seed_everything": 0,
+        "trainer": {
+            "max_epochs": 2,
+            "accelerator": "cpu",
+            "devices": 1,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "logger": {"class_path": "pytorch_lightning.loggers.TensorBoardLogger",
+                       "init_args": {"save_dir": str(tmp_path / "runs"), "name": "tiny"}},
+        },
+        "model": {
+            "class_path": "lightning_modules.Classifier",
+            "init_args": {
+                "backbone": {"class_path": "lightning_modules.backbones.CNN",
+                             "init_args": {"n_outputs": 10, "width": 0.125}},
+                "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.003}},
+            },
+        },
+        "data": {
+            "class_path": "datamodules.NoisyCIFAR10",
+            "init_args": {"data_dir": str(data_dir), "batch_size": 64, "val_size": 100,
+                          "noise_type": "symmetric", "noise_rate": 0.2},
+        },
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _scalars(log_dir: Path) -> dict[str, list[float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir))
+    acc.Reload()
+    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_fit_then_test_from_the_command_line(tmp_path, fake_cifar10_dir, monkeypatch):
+    # one torch thread: on a shared CPU, OpenMP threads spin-waiting for each other make this test 3x slower
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    config = _tiny_config(tmp_path, fake_cifar10_dir)
+    proc = run_train(["fit", "--config", str(config)], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    log_dir = tmp_path / "runs" / "tiny" / "version_0"
+    ckpts = sorted(p.name for p in (log_dir / "checkpoints").iterdir())
+    assert "last.ckpt" in ckpts
+    best = [n for n in ckpts if n.startswith("best-epoch")]
+    assert len(best) == 1, ckpts
+    assert list(log_dir.glob("events.out.tfevents.*"))
+    scalars = _scalars(log_dir)
+    assert len(scalars["val/acc"]) == 2  # one per epoch
+    for tag in ("train/loss", "train/acc_noisy", "train/acc_clean", "val/f1", "test/acc", "test/f1",
+                "test_best/acc"):
+        assert tag in scalars, (tag, sorted(scalars))
+    assert (log_dir / "config.yaml").is_file() and (log_dir / "noisy_labels.npz").is_file()
+
+    results = json.loads((log_dir / "test_results.json").read_text())
+    assert set(results) == {"test", "test_best"}
+    assert results["test"]["checkpoint"].endswith("last.ckpt")
+    assert Path(results["test_best"]["checkpoint"]).name == best[0]
+    assert results["test_best"]["val_acc"] == pytest.approx(max(scalars["val/acc"]), abs=1e-6)
+    test_acc = results["test"]["test/acc"]
+    assert 0.0 <= test_acc <= 1.0 and scalars["test/acc"] == [pytest.approx(test_acc, abs=1e-6)]
+    assert f"test: acc {test_acc:.4f}" in proc.stdout
+
+    # `train.py test` on the last checkpoint gives the same test accuracy
+    proc = run_train(["test", "--config", str(log_dir / "config.yaml"),
+                      "--trainer.logger.init_args.save_dir", str(tmp_path / "again"),
+                      "--ckpt_path", str(log_dir / "checkpoints" / "last.ckpt")], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    again = _scalars(tmp_path / "again" / "tiny" / "version_0")
+    assert again["test/acc"] == [pytest.approx(test_acc, abs=1e-6)]
+
+
+def _help(capsys, args: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help_lists_subcommands_model_and_data_arguments(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    top = _help(capsys, ["--help"])
+    for sub in ("fit", "validate", "test", "predict"):
+        assert sub in top
+    fit = _help(capsys, ["fit", "--help"])
+    for opt in ("--model", "--data", "--trainer.max_epochs", "--checkpoint.monitor", "--seed_everything"):
+        assert opt in fit, opt
+    model = _help(capsys, ["fit", "--model.help", "lightning_modules.Classifier"])
+    for opt in ("--model.loss", "--model.gce_q", "--model.lr_schedule", "--model.backbone", "--model.optimizer"):
+        assert opt in model, opt
+    data = _help(capsys, ["fit", "--data.help", "datamodules.NoisyCIFAR10"])
+    for opt in ("--data.noise_type", "--data.noise_rate", "--data.human_labels", "--data.noisy_labels_path",
+                "--data.val_size", "--data.download"):
+        assert opt in data, opt
+
+
+# ------------------------------------------------------------------ configs
+def _stack_for(config: Path) -> list[Path]:
+    """The --config files a YAML is meant to be used with.
+
+    A full config (``model`` and ``data``) stands alone. A partial one is stacked as
+    its header comment says (``--config A --config B`` or "stack on A.yaml"); without
+    either, on configs/quick.yaml.
+    """
+    text = config.read_text()
+    body = yaml.safe_load(text) or {}
+    if "model" in body and "data" in body:
+        return [config]
+    header = " ".join(line.lstrip("#").rstrip("\\").strip() for line in text.splitlines() if line.startswith("#"))
+    named = [(REPO / p).resolve() for p in re.findall(r"(?:--config|[Ss]tack(?:ed)? on)\s+(\S+\.yaml)", header)]
+    bases = [p for p in named if p != config.resolve()]
+    if not bases:
+        return [REPO / "configs" / "quick.yaml", config]
+    stack: list[Path] = []
+    for base in bases:  # a base may itself be partial (e.g. a noise file on top of a method config)
+        stack += _stack_for(base) if base.is_file() else [base]
+    return list(dict.fromkeys([*stack, config.resolve()]))  # in order, without repeats
+
+
+def _tiny_image_folder(root: Path, num_classes: int = 10) -> Path:
+    from PIL import Image
+
+    for c in range(num_classes):
+        (root / "train" / f"class{c}").mkdir(parents=True)
+        Image.new("RGB", (32, 32), (20 * c, 0, 0)).save(root / "train" / f"class{c}" / "0.png")
+    return root
+
+
+def test_every_config_has_a_header_comment():
+    assert CONFIGS, "no configs found"
+    for config in CONFIGS:
+        assert config.read_text().lstrip().startswith("#"), f"{config} lacks its header comment"
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[str(c.relative_to(REPO / "configs")) for c in CONFIGS])
+def test_config_parses_and_instantiates(config, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    monkeypatch.chdir(tmp_path)  # anything a logger or callback might create lands in tmp
+    stack = _stack_for(config)
+    for path in stack:
+        assert path.is_file(), f"{config} is stacked on {path}, which does not exist"
+    args = [a for p in stack for a in ("--config", str(p))]
+    # no data is read (the data folder is an empty tmp dir) and no GPU is needed to instantiate
+    data_args: dict = {}
+    for path in stack:
+        data_args.update(((yaml.safe_load(path.read_text()) or {}).get("data") or {}).get("init_args") or {})
+    if "data_dir" in data_args:  # CIFAR: an empty folder (nothing is read before setup)
+        args += ["--data.init_args.data_dir", str(tmp_path)]
+    if "root" in data_args:  # image folders are scanned when constructed: 10 classes of one image
+        args += ["--data.init_args.root", str(_tiny_image_folder(tmp_path / "images"))]
+    args += ["--trainer.accelerator", "cpu", "--trainer.devices", "1"]
+    if any("SLURMEnvironment" in p.read_text() for p in stack):  # only instantiable inside a SLURM job: fake one
+        for key, value in {"SLURM_JOB_ID": "1", "SLURM_JOB_NAME": "test", "SLURM_NTASKS": "1",
+                           "SLURM_NTASKS_PER_NODE": "1", "SLURM_NODEID": "0", "SLURM_PROCID": "0",
+                           "SLURM_LOCALID": "0", "SLURM_NODELIST": "localhost"}.items():
+            monkeypatch.setenv(key, value)
+    cli = main(args, run=False)
+    assert isinstance(cli.model, pl.LightningModule) and isinstance(cli.datamodule, pl.LightningDataModule)
+    assert isinstance(cli.trainer, pl.Trainer)
+    num_classes = getattr(cli.datamodule, "num_classes", None)
+    if num_classes is not None and "num_classes" in cli.model.hparams:
+        assert cli.model.hparams.num_classes == num_classes  # linked from the data
+    backbone = getattr(cli.model, "backbone", None)
+    head = getattr(backbone, "head", None)
+    if num_classes is not None and isinstance(head, (nn.Linear, nn.Sequential)) and "num_classes" in cli.model.hparams:
+        linear = head if isinstance(head, nn.Linear) else head[0]
+        assert linear.out_features == num_classes, f"{config}: backbone has {linear.out_features} outputs"

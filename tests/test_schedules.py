@@ -1,0 +1,86 @@
+"""LR schedules: cosine to zero, linear warm-up, multistep factors, and the LambdaLR built from them."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lightning_modules.schedules import build_scheduler, check_schedule, lr_factor
+
+SPE = 10  # steps per epoch
+TOTAL = 100  # 10 epochs
+
+
+def test_constant_is_one():
+    assert [lr_factor(s, TOTAL, SPE) for s in (0, 50, 99)] == [1.0, 1.0, 1.0]
+
+
+def test_cosine_from_one_to_zero():
+    f = [lr_factor(s, TOTAL, SPE, "cosine") for s in range(TOTAL + 1)]
+    assert f[0] == 1.0
+    assert f[50] == pytest.approx(0.5)
+    assert f[25] == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    assert f[TOTAL - 1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 99 / 100)))  # ~2.5e-4
+    assert f[TOTAL - 1] < 1e-3 and f[TOTAL] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(f, f[1:]))
+
+
+def test_linear_warmup_then_cosine():
+    warm = 2  # epochs -> 20 steps
+    f = [lr_factor(s, TOTAL, SPE, "cosine", warmup_epochs=warm) for s in range(TOTAL + 1)]
+    assert f[:20] == pytest.approx([(s + 1) / 20 for s in range(20)])  # linear, reaching 1 at the last warm-up step
+    assert f[20] == 1.0  # cosine starts after the warm-up, over the 80 remaining steps
+    assert f[60] == pytest.approx(0.5) and f[TOTAL] == pytest.approx(0.0, abs=1e-12)
+    # fractional warm-up of half an epoch
+    assert [lr_factor(s, TOTAL, SPE, "constant", warmup_epochs=0.5) for s in range(6)] == pytest.approx(
+        [0.2, 0.4, 0.6, 0.8, 1.0, 1.0]
+    )
+
+
+def test_multistep_factors_at_milestones():
+    f = {s: lr_factor(s, TOTAL, SPE, "multistep", milestones=(3, 6), gamma=0.1) for s in (0, 29, 30, 59, 60, 99)}
+    assert f[0] == f[29] == 1.0
+    assert f[30] == pytest.approx(0.1) and f[59] == pytest.approx(0.1)
+    assert f[60] == pytest.approx(0.01) and f[99] == pytest.approx(0.01)
+
+
+def test_built_scheduler_drives_the_optimizer_per_step():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.1)
+    cfg = build_scheduler(opt, total_steps=100, max_epochs=10, schedule="multistep", milestones=(6,), gamma=0.1)
+    assert cfg["interval"] == "step" and cfg["frequency"] == 1
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        cfg["scheduler"].step()
+    assert lrs[59] == pytest.approx(0.1) and lrs[60] == pytest.approx(0.01)
+
+    opt = torch.optim.SGD([p], lr=0.2)
+    sched = build_scheduler(opt, 40, 4, "cosine", warmup_epochs=1)["scheduler"]
+    lrs = []
+    for _ in range(40):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.02) and lrs[9] == pytest.approx(0.2)
+    assert lrs[-1] == pytest.approx(0.2 * 0.5 * (1 + math.cos(math.pi * 29 / 30)))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("linear", 0, (), 0.1), "unknown lr schedule 'linear'; allowed: constant, cosine, multistep"),
+        (("cosine", -1, (), 0.1), "warmup_epochs must be >= 0, got -1"),
+        (("multistep", 0, (5, -2), 0.1), r"milestones must be >= 0 epochs, got \[5, -2\]"),
+        (("multistep", 0, (5,), 0.0), r"gamma must be in \(0, 1\], got 0.0"),
+        (("multistep", 0, (5,), 2.0), r"gamma must be in \(0, 1\], got 2.0"),
+    ],
+)
+def test_bad_schedule_arguments(args, message):
+    with pytest.raises(ValueError, match=message):
+        check_schedule(*args)
+    with pytest.raises(ValueError):
+        lr_factor(0, 10, 1, "linear")
