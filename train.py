@@ -20,11 +20,16 @@ from pathlib import Path
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.utilities.model_helpers import is_overridden
+
+from callbacks.atomic_checkpoint import with_atomic_checkpoint_io
+from callbacks.best_and_last import BestAndLastCheckpoint
+from callbacks.exact_resume import ExactResume
 
 
 class NoisyLabelCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(BestAndLastCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/acc",
@@ -36,11 +41,21 @@ class NoisyLabelCLI(LightningCLI):
         )
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
 
+    def instantiate_trainer(self, **kwargs) -> pl.Trainer:
+        """Checkpoints are written atomically unless the config names its own CheckpointIO plugin."""
+        plugins = kwargs.get("plugins", self._get(self.config_init, "trainer", default={}).get("plugins"))
+        kwargs["plugins"] = with_atomic_checkpoint_io(plugins)
+        return super().instantiate_trainer(**kwargs)
+
     def after_fit(self) -> None:
         trainer, model, dm = self.trainer, self.model, self.datamodule
         if trainer.interrupted or getattr(trainer, "fast_dev_run", False):
             return
-        ckpt = trainer.checkpoint_callback
+        if not is_overridden("test_step", model):  # e.g. SimCLR: self-supervised, nothing to test
+            return
+        # the `checkpoint` group's ModelCheckpoint, not trainer.checkpoint_callback (the first one: it may be
+        # a PeriodicCheckpoint from trainer.callbacks, which keeps no best model)
+        ckpt = self._get(self.config_init, "checkpoint")
         results: dict[str, dict] = {}
         for prefix, path in (("test", ckpt.last_model_path), ("test_best", ckpt.best_model_path)):
             if not path:
@@ -51,8 +66,9 @@ class NoisyLabelCLI(LightningCLI):
         model.test_prefix = "test"
         if ckpt.best_model_score is not None:
             results.setdefault("test_best", {})["val_acc"] = float(ckpt.best_model_score)
-        if trainer.is_global_zero and trainer.log_dir:
-            out = Path(trainer.log_dir) / "test_results.json"
+        log_dir = trainer.log_dir  # a collective under DDP: every process must ask, not only rank 0
+        if trainer.is_global_zero and log_dir:
+            out = Path(log_dir) / "test_results.json"
             out.write_text(json.dumps(results, indent=2))
             for prefix, r in results.items():
                 acc = r.get(f"{prefix}/acc")
@@ -60,7 +76,8 @@ class NoisyLabelCLI(LightningCLI):
                     print(f"{prefix}: acc {acc:.4f}  macro-F1 {r.get(f'{prefix}/f1', float('nan')):.4f}  ({r['checkpoint']})")
 
 
-def main(args: list[str] | None = None) -> NoisyLabelCLI:
+def main(args: list[str] | None = None, run: bool = True) -> NoisyLabelCLI:
+    """Parse ``args`` (default: sys.argv) and run the subcommand; ``run=False`` only instantiates (tests)."""
     return NoisyLabelCLI(
         model_class=pl.LightningModule,
         datamodule_class=pl.LightningDataModule,
@@ -73,9 +90,11 @@ def main(args: list[str] | None = None) -> NoisyLabelCLI:
                 "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
                 "init_args": {"save_dir": "runs", "name": "default"},
             },
-            "callbacks": [LearningRateMonitor(logging_interval="epoch")],
+            # ExactResume: RNG states + loader position restored on resume (callbacks/exact_resume.py)
+            "callbacks": [LearningRateMonitor(logging_interval="epoch"), ExactResume()],
         },
         args=args,
+        run=run,
     )
 
 

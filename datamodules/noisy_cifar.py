@@ -9,10 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import DataLoader
 
 from . import augment, cifar_source, noise
+from .meta_split import select_meta
 from .batches import IndexedTensorDataset, keep_batch
+from .resumable import make_loader
+from .run_state import check_data_state, check_run_folder_labels, data_state
 from .human_labels import HUMAN_LABEL_KEYS, load_human_labels
 
 NOISY_LABELS_FILE = "noisy_labels.npz"
@@ -38,6 +42,13 @@ class NoisyCIFAR(pl.LightningDataModule):
         noisy_labels_path: a ``noisy_labels.npz`` written by an earlier run, to reuse its exact noise.
         augmentation: training transform, run batched on the device: ``crop_flip`` (4 px
             reflect-padded crop + flip) or ``none``; see ``augment.TRAIN_AUGMENTATIONS``.
+        meta_size: clean *meta set* images per class (Meta-Weight-Net), taken from the training set
+            (never from validation) with their clean labels and excluded from training. When > 0,
+            ``train_dataloader`` yields ``{"train": batch, "meta": batch}`` (the meta loader cycles).
+        meta_seed: seed of the meta-set choice.
+        meta_batch_size: meta batch size (default: ``batch_size``, capped at the meta-set size).
+        resident_on_device: keep the images and labels on the training device (the whole of CIFAR is
+            150 MB of uint8) and make batches there: no host-to-device copy per batch. Needs num_workers 0.
     """
 
     spec: cifar_source.CifarSpec
@@ -62,6 +73,10 @@ class NoisyCIFAR(pl.LightningDataModule):
         human_label_set: str | None = None,
         noisy_labels_path: str | None = None,
         augmentation: str = "crop_flip",
+        meta_size: int = 0,
+        meta_seed: int = 0,
+        meta_batch_size: int | None = None,
+        resident_on_device: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -81,6 +96,12 @@ class NoisyCIFAR(pl.LightningDataModule):
             raise ValueError(f"val_size as a fraction must be in [0, 1), got {val_size}")
         if isinstance(val_size, int) and val_size < 0:
             raise ValueError(f"val_size must be >= 0, got {val_size}")
+        if meta_size < 0 or (meta_batch_size is not None and meta_batch_size < 1):
+            raise ValueError(f"meta_size must be >= 0 and meta_batch_size >= 1, got {meta_size}, {meta_batch_size}")
+        if resident_on_device and num_workers > 0:
+            raise ValueError(
+                f"resident_on_device needs num_workers 0 (batches are made on the device), not {num_workers}"
+            )
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if augmentation not in augment.TRAIN_AUGMENTATIONS:
@@ -172,6 +193,10 @@ class NoisyCIFAR(pl.LightningDataModule):
             raise ValueError(f"val_size {val_size} leaves no training images out of {n}")
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.hparams.split_seed))
         self.val_indices, self.train_indices = perm[:n_val].sort().values, perm[n_val:]
+        self.meta_indices, self.train_indices = select_meta(
+            self.clean_targets, self.train_indices, self.hparams.meta_size, self.num_classes,
+            self.hparams.meta_seed, getattr(self, "class_names", None),
+        )
         if self.hparams.train_subset is not None:
             if not 0 < self.hparams.train_subset <= len(self.train_indices):
                 raise ValueError(
@@ -182,30 +207,45 @@ class NoisyCIFAR(pl.LightningDataModule):
 
     def _save_noisy_labels(self) -> None:
         trainer = self.trainer
-        if trainer is None or trainer.log_dir is None or not trainer.is_global_zero:
+        # no logger: no run folder (trainer.log_dir would be the working directory, e.g. the repository)
+        if trainer is None or trainer.logger is None or trainer.log_dir is None:
             return
         out = Path(trainer.log_dir)
-        out.mkdir(parents=True, exist_ok=True)
         self.noisy_labels_file = out / NOISY_LABELS_FILE
+        check_run_folder_labels(self, self.noisy_labels_file)  # on every process, so that all stop together
+        if not trainer.is_global_zero:
+            return
+        out.mkdir(parents=True, exist_ok=True)
         save_noisy_labels(self, self.noisy_labels_file)
 
     # ------------------------------------------------------------- loaders
     def _loader(self, dataset: IndexedTensorDataset, shuffle: bool, batch_size: int | None = None) -> DataLoader:
-        bs = batch_size or self.hparams.batch_size
-        return DataLoader(
-            dataset,
-            batch_size=bs,
-            shuffle=shuffle,
-            drop_last=shuffle and len(dataset) > bs,
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
-            collate_fn=keep_batch,
-            pin_memory=torch.cuda.is_available(),
+        """Seeded, resumable, DDP-aware loaders: see ``datamodules/resumable.py``."""
+        return make_loader(
+            dataset, self.trainer, batch_size or self.hparams.batch_size, shuffle, self.hparams.num_workers,
+            collate_fn=keep_batch, resident_on_device=self.hparams.resident_on_device,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def state_dict(self) -> dict:
+        """Fingerprints of the labels and split, checked on resume (``datamodules/run_state.py``)."""
+        return data_state(self)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if self.trainer is None or self.trainer.state.fn == "fit":  # testing a checkpoint needs no check
+            check_data_state(self, state_dict)
+
+    def train_dataloader(self) -> DataLoader | CombinedLoader:
         ds = IndexedTensorDataset(self._train.images, self.noisy_targets, self.clean_targets, self.train_indices)
-        return self._loader(ds, shuffle=True)
+        train = self._loader(ds, shuffle=True)
+        if not self.hparams.meta_size:
+            return train
+        return CombinedLoader({"train": train, "meta": self.meta_dataloader()}, mode="max_size_cycle")
+
+    def meta_dataloader(self) -> DataLoader:
+        """The clean meta set: ``target`` is the CLEAN label (that is what the meta set is for)."""
+        ds = IndexedTensorDataset(self._train.images, self.clean_targets, self.clean_targets, self.meta_indices)
+        bs = min(self.hparams.meta_batch_size or self.hparams.batch_size, len(ds))
+        return self._loader(ds, shuffle=True, batch_size=bs)
 
     def val_dataloader(self) -> DataLoader:
         targets = self.clean_targets if self.hparams.val_clean_labels else self.noisy_targets
@@ -222,7 +262,10 @@ class NoisyCIFAR(pl.LightningDataModule):
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Augment (training) or only normalise (evaluation) on the batch's device."""
         training = self.trainer is not None and self.trainer.training
-        return augment.apply_transform(self.train_transform if training else self.eval_transform, batch)
+        transform = self.train_transform if training else self.eval_transform
+        if "image" not in batch:  # {"train": batch, "meta": batch} from a CombinedLoader
+            return {name: augment.apply_transform(transform, sub) for name, sub in batch.items()}
+        return augment.apply_transform(transform, batch)
 
 
 def save_noisy_labels(dm: NoisyCIFAR, path: Path) -> None:
@@ -243,6 +286,7 @@ def save_noisy_labels(dm: NoisyCIFAR, path: Path) -> None:
             noise_seed=np.array(hp.noise_seed),
             actual_noise_rate=np.array(dm.actual_noise_rate),
         )
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the labels are meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -1,0 +1,121 @@
+"""Speed knobs for any LightningModule here, applied in one place: ``channels_last`` and ``torch.compile``.
+
+A Callback rather than init arguments, so that Classifier, CoTeaching, SimCLR,
+MetaWeightNet... stay free of it and a YAML switches it on for all of them::
+
+    trainer:
+      callbacks:
+        - class_path: lightning_modules.performance.Performance
+          init_args: {channels_last: true, compile: true}
+
+(the third knob, keeping the dataset on the GPU, is the datamodule's
+``resident_on_device``: it is about data, not the model).
+
+* ``channels_last``: the backbones' weights (and every 4-D float tensor of each
+  batch: ``image``, SimCLR's views) in NHWC layout, which cuDNN's tensor-core
+  convolutions prefer under mixed precision. Parameters keep their identity
+  (``module.to(memory_format=...)`` rewrites ``.data``), so optimisers built
+  later or earlier are unaffected; checkpoints load either way.
+* ``compile``: ``nn.Module.compile()`` on each backbone *in place*: the state
+  dict keeps its keys (``torch.compile(module)`` would prefix them with
+  ``_orig_mod.`` and break checkpoints between compiled and plain runs).
+
+The backbones are the module's direct children that are
+``backbones.Backbone`` instances (``backbone``, ``net1``/``net2``, ...), or the
+children named in ``modules``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from .backbones import Backbone
+
+
+def find_backbones(pl_module: nn.Module, names: Sequence[str] | None = None) -> dict[str, nn.Module]:
+    """The modules the knobs apply to: ``names`` (attributes of ``pl_module``) or every child ``Backbone``."""
+    if names:
+        missing = [n for n in names if not isinstance(getattr(pl_module, n, None), nn.Module)]
+        if missing:
+            children = [n for n, _ in pl_module.named_children()]
+            raise ValueError(f"{type(pl_module).__name__} has no sub-module {missing}; its children: {children}")
+        return {n: getattr(pl_module, n) for n in names}
+    found = {n: m for n, m in pl_module.named_children() if isinstance(m, Backbone)}
+    if not found:
+        children = [n for n, _ in pl_module.named_children()]
+        raise ValueError(
+            f"{type(pl_module).__name__} has no backbones.Backbone child; name the modules to speed up "
+            f"with Performance(modules=[...]) among {children}"
+        )
+    return found
+
+
+def to_channels_last(batch: Any) -> Any:
+    """Every 4-D floating tensor of a (nested) dict/list batch in channels_last layout, in place for dicts."""
+    if isinstance(batch, torch.Tensor):
+        if batch.dim() == 4 and batch.is_floating_point():
+            return batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, dict):
+        for k, v in batch.items():
+            batch[k] = to_channels_last(v)
+        return batch
+    if isinstance(batch, list):
+        batch[:] = [to_channels_last(v) for v in batch]
+    return batch
+
+
+class Performance(pl.Callback):
+    """channels_last and/or in-place ``torch.compile`` of the module's backbones (see module docstring).
+
+    Args:
+        channels_last: NHWC weights and images.
+        compile: ``nn.Module.compile`` each backbone (first steps are slow: compilation).
+        compile_mode: ``torch.compile`` mode (``default``, ``reduce-overhead``, ``max-autotune``).
+        modules: attribute names of the modules to treat (default: every child ``Backbone``).
+    """
+
+    def __init__(
+        self,
+        channels_last: bool = False,
+        compile: bool = False,
+        compile_mode: str | None = None,
+        modules: list[str] | None = None,
+    ):
+        allowed = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+        if compile_mode not in allowed:
+            raise ValueError(f"unknown compile_mode {compile_mode!r}; allowed: {', '.join(map(str, allowed[1:]))}")
+        self.channels_last, self.compile = channels_last, compile
+        self.compile_mode, self.modules = compile_mode, modules
+        self.applied_to: list[str] = []
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Runs before ``configure_optimizers`` and before a checkpoint is restored (both work either way)."""
+        if self.applied_to:
+            return
+        for name, module in find_backbones(pl_module, self.modules).items():
+            if self.channels_last:
+                module.to(memory_format=torch.channels_last)
+            if self.compile:
+                module.compile(mode=self.compile_mode)
+            self.applied_to.append(name)
+
+    def _batch(self, batch: Any) -> None:
+        if self.channels_last:
+            to_channels_last(batch)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._batch(batch)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._batch(batch)
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._batch(batch)
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._batch(batch)
