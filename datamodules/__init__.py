@@ -1,5 +1,6 @@
 """LightningDataModules that serve images with controlled label noise."""
 
+from .image_folder import NoisyImageFolder
 from .noisy_cifar import NoisyCIFAR10, NoisyCIFAR100
 
-__all__ = ["NoisyCIFAR10", "NoisyCIFAR100"]
+__all__ = ["NoisyImageFolder", "NoisyCIFAR10", "NoisyCIFAR100"]

@@ -1,0 +1,274 @@
+"""Meta-Weight-Net (Shu et al., NeurIPS 2019) with ``torch.func`` instead of ``higher``.
+
+A small MLP ``V`` maps each sample's training loss to a weight in (0, 1). Every
+step (Algorithm 1 of the paper, and the official code ``MW-Net.py``):
+
+1. virtual step: ``theta' = theta - lr * grad_theta sum_i w_i(V) L_i(theta)``, computed
+   functionally (``torch.func.functional_call`` with the parameters as plain
+   tensors) and keeping the graph, so ``theta'`` is a differentiable function of V;
+2. meta step: the loss of the virtual classifier ``theta'`` on a clean meta batch
+   is back-propagated through ``theta'`` into V, and V takes one optimiser step;
+3. real step: the classifier is trained on ``sum_i w_i L_i`` with the weights of
+   the *updated* V (no gradient into V).
+
+Batch norm: the virtual forward and the meta forward run in train mode (batch
+statistics, as the official code's ``meta_model`` copy does) on *clones* of the
+running buffers, which are then discarded. The real running statistics are
+therefore updated exactly once per step, by the real forward, as in plain
+training; the official code gets the same effect by deep-copying the model.
+
+Weights are normalised with ``weight_norm``: ``sum`` (w / sum w, the mini-batch
+normalisation of the paper), ``batch`` (sum w L / batch size,
+the current official ``MW-Net.py``) or ``none`` (sum w L, un-normalised, as in
+the contrastive-learning seed repository). The same normalisation is used in
+the virtual and the real step so both optimise the same objective.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal, Sequence
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.cli import OptimizerCallable
+from torch import nn
+from torch.func import functional_call
+from torchmetrics.classification import MulticlassAccuracy
+
+from .classifier import check_backbone
+from .evaluation import EvaluationMixin
+from .losses import classification_loss, generalized_cross_entropy
+from .schedules import ScheduleName, build_scheduler, check_schedule
+
+WeightNorm = Literal["sum", "batch", "none"]
+WEIGHT_NORMS = ("sum", "batch", "none")
+META_LOSSES = ("ce", "mae")
+
+
+class WeightingNet(nn.Module):
+    """V: loss -> weight, an MLP 1 -> hidden -> 1 with ReLU and a sigmoid output (the paper's VNet)."""
+
+    def __init__(self, hidden: int = 100):
+        super().__init__()
+        if hidden < 1:
+            raise ValueError(f"weighting net hidden size must be >= 1, got {hidden}")
+        self.net = nn.Sequential(nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, losses: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(losses.reshape(-1, 1))).squeeze(1)  # [B] -> [B]
+
+
+def weighted_loss(losses: torch.Tensor, weights: torch.Tensor, norm: WeightNorm = "sum") -> torch.Tensor:
+    """Combine per-sample ``losses`` [B] with ``weights`` [B]; see the module docstring for ``norm``."""
+    total = (weights * losses).sum()
+    if norm == "sum":
+        return total / weights.sum().clamp_min(1e-8)
+    if norm == "batch":
+        return total / len(losses)
+    if norm == "none":
+        return total
+    raise ValueError(f"unknown weight_norm {norm!r}; allowed: {', '.join(WEIGHT_NORMS)}")
+
+
+def meta_loss_fn(logits: torch.Tensor, targets: torch.Tensor, kind: str = "ce") -> torch.Tensor:
+    """Loss of the virtual classifier on the clean meta batch: ``ce`` or ``mae`` (1 - p_y, = MAE / 2)."""
+    if kind == "ce":
+        return F.cross_entropy(logits.float(), targets)
+    if kind == "mae":
+        return generalized_cross_entropy(logits, targets, q=1.0)
+    raise ValueError(f"unknown meta_loss {kind!r}; allowed: {', '.join(META_LOSSES)}")
+
+
+def virtual_meta_loss(
+    model: nn.Module,
+    weighting_net: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_meta: torch.Tensor,
+    y_meta: torch.Tensor,
+    lr: float,
+    per_sample_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    weight_norm: WeightNorm = "sum",
+    meta_loss: str = "ce",
+) -> torch.Tensor:
+    """Steps 1-2 of the module docstring: the meta loss as a differentiable function of V.
+
+    ``model`` is left untouched: its parameters enter as detached leaves (no
+    gradient reaches the real classifier) and its buffers as clones (batch-norm
+    running statistics are not updated). Back-propagating the result fills only
+    the gradients of ``weighting_net``.
+    """
+    params = {k: p.detach().requires_grad_(p.requires_grad) for k, p in model.named_parameters()}
+    buffers = {k: b.clone() for k, b in model.named_buffers()}
+    trainable = [k for k, p in params.items() if p.requires_grad]
+    losses = per_sample_loss(functional_call(model, (params, buffers), (x,)), y)
+    weights = weighting_net(losses.detach())  # V sees the loss value, not its graph (official code)
+    inner = weighted_loss(losses, weights, weight_norm)
+    grads = torch.autograd.grad(inner, [params[k] for k in trainable], create_graph=True)
+    virtual = dict(params)
+    for k, g in zip(trainable, grads):
+        virtual[k] = params[k] - lr * g
+    return meta_loss_fn(functional_call(model, (virtual, buffers), (x_meta,)), y_meta, meta_loss)
+
+
+class MetaWeightNet(EvaluationMixin, pl.LightningModule):
+    """Classifier trained with Meta-Weight-Net sample weights (manual optimisation).
+
+    Needs a datamodule with ``meta_size > 0``: training batches are
+    ``{"train": batch, "meta": batch}``, the meta batch carrying clean labels.
+
+    Args:
+        backbone: the classifier network (``class_path`` in YAML).
+        num_classes: linked from the datamodule by train.py.
+        loss: per-sample training loss, ``ce`` or ``gce``.
+        gce_q: GCE exponent when ``loss`` is ``gce``.
+        meta_loss: loss of the virtual classifier on the meta batch, ``ce`` or ``mae``.
+        weight_norm: ``sum`` (paper), ``batch`` (official code) or ``none`` (seed repository).
+        hidden: hidden width of the weighting net (paper: 100).
+        optimizer: classifier optimiser factory (paper: SGD lr 0.1, momentum 0.9, wd 5e-4).
+        meta_optimizer: weighting-net optimiser factory; None: Adam lr 1e-3, wd 1e-4 (official code).
+        lr_schedule, warmup_epochs, milestones, gamma: classifier schedule (see ``schedules``);
+            the virtual step uses the classifier's current learning rate, as in the official code.
+        init_from: a SimCLR (or other) checkpoint whose backbone weights initialise the classifier,
+            loaded by ``lightning_modules.pretrained.load_backbone_weights``.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int = 10,
+        loss: Literal["ce", "gce"] = "ce",
+        gce_q: float = 0.7,
+        meta_loss: Literal["ce", "mae"] = "ce",
+        weight_norm: WeightNorm = "sum",
+        hidden: int = 100,
+        optimizer: OptimizerCallable = torch.optim.SGD,
+        meta_optimizer: OptimizerCallable | None = None,
+        lr_schedule: ScheduleName = "constant",
+        warmup_epochs: float = 0.0,
+        milestones: Sequence[int] = (),
+        gamma: float = 0.1,
+        init_from: str | None = None,
+    ):
+        super().__init__()
+        if loss not in ("ce", "gce"):
+            raise ValueError(f"unknown loss {loss!r}; allowed: ce, gce")
+        if loss == "gce" and not 0.0 < gce_q <= 1.0:
+            raise ValueError(f"gce_q must be in (0, 1], got {gce_q}")
+        if meta_loss not in META_LOSSES:
+            raise ValueError(f"unknown meta_loss {meta_loss!r}; allowed: {', '.join(META_LOSSES)}")
+        if weight_norm not in WEIGHT_NORMS:
+            raise ValueError(f"unknown weight_norm {weight_norm!r}; allowed: {', '.join(WEIGHT_NORMS)}")
+        check_schedule(lr_schedule, warmup_epochs, milestones, gamma)
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "meta_optimizer"])
+        self.automatic_optimization = False
+        self.backbone = backbone
+        if init_from:
+            load_pretrained(self.backbone, init_from)
+        self.weighting_net = WeightingNet(hidden)
+        self.optimizer_factory, self.meta_optimizer_factory = optimizer, meta_optimizer
+        self.train_acc_noisy = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.train_acc_clean = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.init_eval_metrics(num_classes)
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self._trainer else None
+        check_backbone(self.backbone, self.hparams.num_classes, getattr(dm, "image_shape", (3, 32, 32)))
+        if stage == "fit" and dm is not None and not getattr(dm.hparams, "meta_size", 0):
+            raise ValueError("MetaWeightNet needs a clean meta set: set the datamodule's meta_size > 0 (per class)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def per_sample_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return classification_loss(logits, targets, self.hparams.loss, self.hparams.gce_q, reduction="none")
+
+    def training_step(self, batch: dict, batch_idx: int) -> dict:
+        if "meta" not in batch:
+            raise ValueError(
+                "MetaWeightNet expects {'train': batch, 'meta': batch}; set the datamodule's meta_size > 0"
+            )
+        train, meta = batch["train"], batch["meta"]
+        opt, meta_opt = self.optimizers()
+        hp = self.hparams
+
+        # 1-2: virtual step, meta loss, update of the weighting net.
+        lr = opt.param_groups[0]["lr"]
+        meta_loss = virtual_meta_loss(
+            self.backbone, self.weighting_net, train["image"], train["target"], meta["image"], meta["target"],
+            lr, self.per_sample_loss, hp.weight_norm, hp.meta_loss,
+        )
+        meta_opt.zero_grad()
+        self.manual_backward(meta_loss, inputs=list(self.weighting_net.parameters()))
+        meta_opt.step()
+
+        # 3: real step with the updated weights.
+        logits = self(train["image"])
+        losses = self.per_sample_loss(logits, train["target"])
+        with torch.no_grad():
+            weights = self.weighting_net(losses.detach())
+        loss = weighted_loss(losses, weights, hp.weight_norm)
+        opt.zero_grad()
+        self.manual_backward(loss)
+        opt.step()
+        sched = self.lr_schedulers()
+        if sched is not None:
+            sched.step()
+
+        self._log_train(logits, losses, weights, loss, meta_loss, train)
+        return {"loss": loss.detach(), "per_sample_loss": losses.detach(), "logits": logits.detach(),
+                "weights": weights.detach()}
+
+    def _log_train(self, logits, losses, weights, loss, meta_loss, train: dict) -> None:
+        n = len(losses)
+        preds = logits.argmax(1)
+        self.train_acc_noisy(preds, train["target"])
+        self.train_acc_clean(preds, train["clean_target"])  # logging only: never used for training
+        flipped = train["target"] != train["clean_target"]  # logging only
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("train/meta_loss", meta_loss, on_step=False, on_epoch=True, batch_size=n)
+        self.log("train/acc_noisy", self.train_acc_noisy, on_step=False, on_epoch=True, batch_size=n)
+        self.log("train/acc_clean", self.train_acc_clean, on_step=False, on_epoch=True, batch_size=n)
+        self.log("train/weight_mean", weights.mean(), on_step=False, on_epoch=True, batch_size=n)
+        if flipped.any() and (~flipped).any():
+            self.log("train/weight_flipped", weights[flipped].mean(), on_step=False, on_epoch=True, batch_size=n)
+            self.log("train/weight_correct", weights[~flipped].mean(), on_step=False, on_epoch=True, batch_size=n)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.log_eval("val", self(batch["image"]), batch)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.log_eval("test", self(batch["image"]), batch)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        probs = self(batch["image"]).softmax(1)
+        return {"index": batch["index"], "probs": probs, "pred": probs.argmax(1)}
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = self.optimizer_factory(self.backbone.parameters())
+        vparams = self.weighting_net.parameters()
+        if self.meta_optimizer_factory is None:
+            meta_optimizer = torch.optim.Adam(vparams, lr=1e-3, weight_decay=1e-4)
+        else:
+            meta_optimizer = self.meta_optimizer_factory(vparams)
+        if hp.lr_schedule == "constant" and hp.warmup_epochs == 0:
+            return [optimizer, meta_optimizer]
+        scheduler = build_scheduler(
+            optimizer, int(self.trainer.estimated_stepping_batches), int(self.trainer.max_epochs or 1),
+            hp.lr_schedule, hp.warmup_epochs, hp.milestones, hp.gamma,
+        )
+        return [optimizer, meta_optimizer], [scheduler]
+
+
+def load_pretrained(backbone: nn.Module, ckpt_path: str) -> None:
+    """Initialise ``backbone`` from a checkpoint through the shared loader (issue 4's ``pretrained``)."""
+    try:
+        from .pretrained import load_backbone_weights
+    except ImportError as err:  # the loader lives in another issue's module
+        raise ImportError(
+            f"init_from={ckpt_path!r} needs lightning_modules.pretrained.load_backbone_weights, "
+            f"which is not available: {err}"
+        ) from err
+    load_backbone_weights(backbone, ckpt_path)

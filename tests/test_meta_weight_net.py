@@ -1,0 +1,232 @@
+"""Meta-Weight-Net: the functional virtual step against a hand-written one, the weighting net's
+behaviour on a toy noisy problem, and the clean meta set of the CIFAR datamodules."""
+
+from __future__ import annotations
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from datamodules import NoisyCIFAR10
+from datamodules.meta_split import select_meta
+from lightning_modules.backbones import CNN
+from lightning_modules.meta_weight_net import (
+    MetaWeightNet,
+    WeightingNet,
+    meta_loss_fn,
+    virtual_meta_loss,
+    weighted_loss,
+)
+
+
+def per_sample_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+# ------------------------------------------------------------------ pure parts
+def test_weighted_loss_normalisations_by_hand():
+    losses = torch.tensor([1.0, 2.0, 4.0])
+    w = torch.tensor([0.5, 0.25, 0.25])
+    total = 0.5 * 1 + 0.25 * 2 + 0.25 * 4  # 2.0
+    assert weighted_loss(losses, w, "sum").item() == pytest.approx(total / 1.0)
+    assert weighted_loss(losses, 2 * w, "sum").item() == pytest.approx(total)  # invariant to the weights' scale
+    assert weighted_loss(losses, w, "batch").item() == pytest.approx(total / 3)
+    assert weighted_loss(losses, w, "none").item() == pytest.approx(total)
+    with pytest.raises(ValueError, match="weight_norm 'mean'"):
+        weighted_loss(losses, w, "mean")
+
+
+def test_weighting_net_shape_range_and_bad_input():
+    v = WeightingNet(hidden=100)
+    assert sum(p.numel() for p in v.parameters()) == 100 + 100 + 100 + 1  # 1 -> 100 -> 1
+    w = v(torch.linspace(0, 10, 7))
+    assert w.shape == (7,) and bool(((w > 0) & (w < 1)).all())
+    with pytest.raises(ValueError, match="hidden size"):
+        WeightingNet(hidden=0)
+
+
+def test_meta_loss_mae_is_one_minus_p_true():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
+    y = torch.tensor([0, 2])
+    p = logits.softmax(1)
+    expected = (1 - p[torch.arange(2), y]).mean()
+    assert meta_loss_fn(logits, y, "mae").item() == pytest.approx(expected.item(), rel=1e-6)
+    assert meta_loss_fn(logits, y, "ce").item() == pytest.approx(F.cross_entropy(logits, y).item())
+    with pytest.raises(ValueError, match="meta_loss 'mse'"):
+        meta_loss_fn(logits, y, "mse")
+
+
+# ------------------------------------------- functional step == explicit copy
+def _explicit_forward(x, W1, b1, gamma, beta, W2, b2, eps=1e-5):
+    """Linear -> BatchNorm1d (train mode: batch statistics, biased variance) -> ReLU -> Linear, by hand."""
+    h = x @ W1.T + b1
+    mean, var = h.mean(0), h.var(0, unbiased=False)
+    h = (h - mean) / torch.sqrt(var + eps) * gamma + beta
+    return torch.relu(h) @ W2.T + b2
+
+
+@pytest.mark.parametrize("norm", ["sum", "batch", "none"])
+def test_functional_virtual_step_matches_explicit_parameter_copy(norm):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3))
+    vnet = WeightingNet(hidden=8)
+    x, y = torch.randn(10, 4), torch.randint(0, 3, (10,))
+    xm, ym = torch.randn(6, 4), torch.randint(0, 3, (6,))
+    lr = 0.3
+    stats_before = {k: b.clone() for k, b in model.named_buffers()}
+
+    # the module's way: torch.func.functional_call
+    meta = virtual_meta_loss(model, vnet, x, y, xm, ym, lr, per_sample_ce, norm, "ce")
+    got = torch.autograd.grad(meta, list(vnet.parameters()))
+
+    # an explicit copy of every parameter, the virtual step written out by hand
+    copy = [t.detach().clone().requires_grad_() for t in (
+        model[0].weight, model[0].bias, model[1].weight, model[1].bias, model[3].weight, model[3].bias)]
+    losses = F.cross_entropy(_explicit_forward(x, *copy), y, reduction="none")
+    w = vnet(losses.detach())
+    inner = (w * losses).sum()
+    inner = inner / w.sum() if norm == "sum" else inner / len(losses) if norm == "batch" else inner
+    grads = torch.autograd.grad(inner, copy, create_graph=True)
+    stepped = [p - lr * g for p, g in zip(copy, grads)]
+    ref_meta = F.cross_entropy(_explicit_forward(xm, *stepped), ym)
+    want = torch.autograd.grad(ref_meta, list(vnet.parameters()))
+
+    assert meta.item() == pytest.approx(ref_meta.item(), rel=1e-5)
+    for g, r in zip(got, want):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-7)
+    assert any(g.abs().max() > 0 for g in got)
+    # the real classifier is untouched: no gradient, running statistics unchanged
+    assert all(p.grad is None for p in model.parameters())
+    for k, b in model.named_buffers():
+        assert torch.equal(b, stats_before[k]), k
+
+
+# --------------------------------------------------- toy problem with flips
+def test_weighting_net_moves_weight_off_flipped_samples():
+    """Two Gaussian blobs, 40 % of the training labels flipped, a classifier that already
+    separates them: the meta gradient must push the weights of flipped (high-loss) samples down."""
+    g = torch.Generator().manual_seed(0)
+    n = 200
+    clean = torch.arange(n) % 2
+    x = torch.randn(n, 2, generator=g) * 0.7 + (2 * clean[:, None] - 1) * torch.tensor([2.0, 0.0])
+    flipped = torch.rand(n, generator=g) < 0.4
+    noisy = torch.where(flipped, 1 - clean, clean)
+    xm_y = torch.arange(40) % 2
+    xm = torch.randn(40, 2, generator=g) * 0.7 + (2 * xm_y[:, None] - 1) * torch.tensor([2.0, 0.0])
+
+    model = nn.Linear(2, 2)
+    with torch.no_grad():  # a reasonable, not perfect, classifier: flipped samples get high loss
+        model.weight.copy_(torch.tensor([[-1.0, 0.0], [1.0, 0.0]]))
+        model.bias.zero_()
+    torch.manual_seed(0)
+    vnet = WeightingNet(hidden=100)
+    opt = torch.optim.Adam(vnet.parameters(), lr=1e-2)
+    losses = per_sample_ce(model(x), noisy).detach()
+    assert losses[flipped].mean() > 3 * losses[~flipped].mean()
+    w0 = vnet(losses).detach()
+
+    meta = virtual_meta_loss(model, vnet, x, noisy, xm, xm_y, 1.0, per_sample_ce, "sum")
+    meta.backward()
+    assert sum(float(p.grad.abs().sum()) for p in vnet.parameters()) > 1e-6
+    for _ in range(30):
+        opt.step()
+        opt.zero_grad()
+        virtual_meta_loss(model, vnet, x, noisy, xm, xm_y, 1.0, per_sample_ce, "sum").backward()
+    w1 = vnet(losses).detach()
+    assert w1[flipped].mean() < w0[flipped].mean() - 0.05
+    assert w1[flipped].mean() < w1[~flipped].mean() - 0.1
+
+
+# ----------------------------------------------------------- meta set (data)
+def _dm(root, **kw) -> NoisyCIFAR10:
+    args = dict(data_dir=str(root), batch_size=32, val_size=100, noise_type="symmetric", noise_rate=0.4)
+    args.update(kw)
+    dm = NoisyCIFAR10(**args)
+    dm.setup("fit")
+    return dm
+
+
+def test_meta_set_is_clean_balanced_deterministic_and_never_trained_on(fake_cifar10_dir):
+    dm = _dm(fake_cifar10_dir, meta_size=5, meta_seed=3)
+    meta = dm.meta_indices
+    assert len(meta) == 50
+    assert torch.bincount(dm.clean_targets[meta], minlength=10).tolist() == [5] * 10
+    assert not set(meta.tolist()) & set(dm.val_indices.tolist())
+    assert len(dm.train_indices) + len(meta) + len(dm.val_indices) == len(dm.clean_targets)
+    assert torch.equal(_dm(fake_cifar10_dir, meta_size=5, meta_seed=3).meta_indices, meta)
+    assert not torch.equal(_dm(fake_cifar10_dir, meta_size=5, meta_seed=4).meta_indices, meta)
+
+    seen_train, seen_meta = [], []
+    for batch, _, _ in dm.train_dataloader():  # one full epoch of the CombinedLoader
+        batch = dm.on_after_batch_transfer(batch, 0)
+        assert batch["train"]["image"].dtype == torch.float32  # each sub-batch normalised
+        seen_train.append(batch["train"]["index"])
+        seen_meta.append(batch["meta"]["index"])
+        assert torch.equal(batch["meta"]["target"], dm.clean_targets[batch["meta"]["index"]])
+    seen_train, seen_meta = torch.cat(seen_train), torch.cat(seen_meta)
+    assert len(seen_train) >= len(dm.train_indices) - 32  # the whole epoch (drop_last aside)
+    assert not set(seen_train.tolist()) & set(meta.tolist())
+    assert set(seen_meta.tolist()) <= set(meta.tolist())
+
+
+def test_meta_size_zero_leaves_the_split_and_loader_unchanged(fake_cifar10_dir):
+    plain, zero = _dm(fake_cifar10_dir), _dm(fake_cifar10_dir, meta_size=0)
+    assert torch.equal(plain.train_indices, zero.train_indices)
+    assert isinstance(zero.train_dataloader(), torch.utils.data.DataLoader)
+
+
+def test_meta_set_larger_than_a_class_fails_naming_it(fake_cifar10_dir):
+    with pytest.raises(ValueError, match=r"meta_size 1000 per class is larger than class 0 \(airplane\)"):
+        _dm(fake_cifar10_dir, meta_size=1000)
+    with pytest.raises(ValueError, match="meta_size must be >= 0"):
+        NoisyCIFAR10(data_dir=str(fake_cifar10_dir), meta_size=-1)
+    with pytest.raises(ValueError, match=">= 0 images per class"):
+        select_meta(torch.zeros(4, dtype=torch.long), torch.arange(4), -1, 1)
+
+
+# ------------------------------------------------------------ the module
+def test_module_trains_both_networks_and_needs_a_meta_set(fake_cifar10_dir, tmp_path):
+    torch.manual_seed(0)
+    model = MetaWeightNet(CNN(n_outputs=10, width=0.125), optimizer=lambda p: torch.optim.SGD(p, lr=0.05))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, accelerator="cpu",
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=_dm(fake_cifar10_dir, meta_size=5))
+    after = model.state_dict()
+    assert not torch.equal(after["weighting_net.net.0.weight"], before["weighting_net.net.0.weight"])
+    assert not torch.equal(after["backbone.head.weight"], before["backbone.head.weight"])
+    bn = "backbone.features.1.num_batches_tracked"
+    assert int(after[bn]) == 2  # one running-stat update per step: the virtual forwards use clones
+    assert {"train/meta_loss", "train/weight_flipped", "train/weight_correct"} <= set(trainer.callback_metrics)
+
+    plain = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                       enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    with pytest.raises(ValueError, match="meta_size > 0"):
+        plain.fit(MetaWeightNet(CNN(n_outputs=10, width=0.125)), datamodule=_dm(fake_cifar10_dir))
+
+
+def test_module_rejects_bad_options():
+    cnn = CNN(n_outputs=10, width=0.125)
+    with pytest.raises(ValueError, match="weight_norm 'avg'"):
+        MetaWeightNet(cnn, weight_norm="avg")
+    with pytest.raises(ValueError, match="meta_loss 'mse'"):
+        MetaWeightNet(cnn, meta_loss="mse")
+    with pytest.raises(ValueError, match="unknown loss 'nll'"):
+        MetaWeightNet(cnn, loss="nll")
+
+
+def test_init_from_loads_the_encoder_only(tmp_path):
+    torch.manual_seed(1)
+    source = CNN(n_outputs=10, width=0.125)
+    torch.save({"state_dict": {f"features.{k}": v for k, v in source.features.state_dict().items()}},
+               tmp_path / "encoder.pt")
+    torch.manual_seed(2)
+    model = MetaWeightNet(CNN(n_outputs=10, width=0.125), init_from=str(tmp_path / "encoder.pt"))
+    for k, v in source.features.state_dict().items():
+        assert torch.equal(model.backbone.features.state_dict()[k], v), k
+    assert not torch.equal(model.backbone.head.weight, source.head.weight)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        MetaWeightNet(CNN(n_outputs=10, width=0.125), init_from=str(tmp_path / "missing.ckpt"))
