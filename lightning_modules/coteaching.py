@@ -1,0 +1,309 @@
+"""CoTeaching: two networks, each trained on the small-loss samples picked by the other.
+
+Han et al., "Co-teaching: Robust Training of Deep Neural Networks with Extremely Noisy
+Labels", NeurIPS 2018 (official code: https://github.com/bhanML/Co-teaching), with the
+optional co-teaching+ rule of Yu et al., ICML 2019 (https://github.com/xingruiyu/coteaching_plus).
+The pure pieces (selection, schedules, forget-rate estimate) live in ``selection.py``.
+
+Manual optimisation as in Lightning's GAN example: two Adam optimisers, one step each per
+batch. The optimiser schedule is a function of the epoch (set at every epoch start), so the
+schedule position is the trainer's epoch, which checkpoints already hold.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Literal, Union
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from . import backbones as bb
+from . import selection as sel
+from .classifier import check_backbone
+from .evaluation import EvaluationMixin
+from .pretrained import load_backbone_weights
+
+Mode = Literal["coteaching", "coteaching_plus"]
+EvalNetwork = Literal[1, 2, "mean"]
+CKPT_KEY = "coteaching"
+
+
+class CoTeaching(EvaluationMixin, pl.LightningModule):
+    """Co-teaching (and co-teaching+) with any backbone.
+
+    Args:
+        backbone: network 1 (``class_path`` in YAML); network 2 is a deep copy re-initialised
+            with ``backbones.reinitialise`` so that the two start independently.
+        num_classes: linked from the datamodule by train.py.
+        forget_rate: final fraction R of each batch that a network discards. ``None``: the
+            datamodule's ``noise_rate`` (its realised rate for human noise); ``"auto"``: estimated
+            from network 1's per-sample losses after ``auto_warmup_epochs`` epochs of plain
+            training (2-component Gaussian mixture, ``selection.estimate_forget_rate``).
+        num_gradual: epochs over which R(t) ramps up (T_k in the paper).
+        exponent: c in R(t) = forget_rate * min((t / num_gradual) ** c, 1).
+        mode: ``coteaching`` or ``coteaching_plus`` (select only among samples on which the two
+            networks' predictions disagree, from epoch ``init_epoch`` on).
+        init_epoch: co-teaching+ only: epochs of plain co-teaching before disagreement starts
+            (reference: 20 for CIFAR-10, 5 for CIFAR-100).
+        lr: Adam learning rate (reference 0.001).
+        epoch_decay_start: (0-based) epoch from which the lr decays linearly and beta1 switches
+            (reference 80 for CIFAR-10, 100 for CIFAR-100); must not exceed ``max_epochs``.
+        beta1: Adam beta1 before the decay (0.9).
+        beta1_decayed: beta1 from ``epoch_decay_start`` on (reference 0.1); ``None`` keeps
+            ``beta1`` (cleanlab's variant).
+        auto_warmup_epochs: epochs of plain training before ``forget_rate: auto`` is estimated.
+        eval_network: which network validates, tests and predicts: 1, 2 or ``mean`` (mean of the
+            two softmaxes). ``val/acc`` (the checkpoint monitor) is that network's accuracy.
+        init_from: checkpoint (SimCLR, Classifier, exported encoder) whose encoder initialises
+            both networks' ``features`` (``pretrained.load_backbone_weights``); heads stay new.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int = 10,
+        forget_rate: Union[float, Literal["auto"], None] = None,
+        num_gradual: int = 10,
+        exponent: float = 1.0,
+        mode: Mode = "coteaching",
+        init_epoch: int = 0,
+        lr: float = 1e-3,
+        epoch_decay_start: int = 80,
+        beta1: float = 0.9,
+        beta1_decayed: float | None = 0.1,
+        auto_warmup_epochs: int = 5,
+        eval_network: EvalNetwork = 1,
+        init_from: str | None = None,
+    ):
+        super().__init__()
+        check_arguments(forget_rate, num_gradual, exponent, mode, init_epoch, lr, epoch_decay_start, beta1,
+                        beta1_decayed, auto_warmup_epochs, eval_network)
+        self.save_hyperparameters(ignore=["backbone"])
+        self.automatic_optimization = False
+        self.net1, self.net2 = self.build_networks(backbone)
+        if init_from:  # both encoders start from the pretrained one; the heads stay independent (issue 4)
+            for net in (self.net1, self.net2):
+                load_backbone_weights(net, init_from)
+        self.forget_rate: float | None = None if forget_rate in (None, "auto") else float(forget_rate)
+        self._loss_record: torch.Tensor | None = None  # per-sample losses while estimating the rate
+        self.val_acc_nets = nn.ModuleList([MulticlassAccuracy(num_classes, average="micro") for _ in range(2)])
+        self.test_acc_nets = nn.ModuleList([MulticlassAccuracy(num_classes, average="micro") for _ in range(2)])
+        self.init_eval_metrics(num_classes)
+
+    @staticmethod
+    def build_networks(backbone: nn.Module) -> tuple[nn.Module, nn.Module]:
+        """Network 1 is ``backbone``; network 2 an independently initialised copy (override to extend)."""
+        return backbone, bb.reinitialise(copy.deepcopy(backbone))
+
+    # ---------------------------------------------------------------- set-up
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self._trainer else None
+        image_shape = getattr(dm, "image_shape", (3, 32, 32))
+        for net in (self.net1, self.net2):
+            check_backbone(net, self.hparams.num_classes, image_shape)
+        if stage == "fit":
+            check_max_epochs(self.hparams.epoch_decay_start, self.trainer.max_epochs)
+            if self.hparams.forget_rate is None and self.forget_rate is None:
+                self.forget_rate = forget_rate_from_data(dm)
+
+    def on_train_epoch_start(self) -> None:
+        epoch, hp = self.current_epoch, self.hparams
+        lr, beta1 = sel.adam_plan(epoch, self.trainer.max_epochs, hp.epoch_decay_start, hp.lr, hp.beta1,
+                                  hp.beta1_decayed)
+        for opt in self.optimizers():
+            for group in opt.param_groups:
+                group["lr"] = lr
+                group["betas"] = (beta1, group["betas"][1])
+        if hp.forget_rate == "auto" and self.forget_rate is None:
+            self._auto_forget_rate_step(epoch)
+        self.log("train/lr", lr, on_step=False, on_epoch=True)
+        self.log("train/beta1", beta1, on_step=False, on_epoch=True)
+
+    def current_forget_rate(self) -> float:
+        """R(t) at the current epoch (0 while ``forget_rate: auto`` is still warming up)."""
+        if self.forget_rate is None:
+            return 0.0
+        return sel.forget_rate_at(self.current_epoch, self.forget_rate, self.hparams.num_gradual,
+                                  self.hparams.exponent)
+
+    # -------------------------------------------------------------- training
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the evaluated network; for ``mean``, log of the mean softmax."""
+        which = self.hparams.eval_network
+        if which == 1:
+            return self.net1(x)
+        if which == 2:
+            return self.net2(x)
+        return self.combine(self.net1(x), self.net2(x))
+
+    def combine(self, logits1: torch.Tensor, logits2: torch.Tensor) -> torch.Tensor:
+        """The evaluated network's logits given both networks' (log-probabilities for ``mean``)."""
+        which = self.hparams.eval_network
+        if which == "mean":
+            return torch.stack([logits1.softmax(1), logits2.softmax(1)]).mean(0).log()
+        return logits1 if which == 1 else logits2
+
+    def compute_updates(self, batch: dict, forget_rate: float) -> dict:
+        """Both networks' forward pass, the cross selection and the losses each one minimises."""
+        x, y = batch["image"], batch["target"]
+        logits1, logits2 = self.net1(x), self.net2(x)
+        loss1 = F.cross_entropy(logits1.float(), y, reduction="none")  # [B]
+        loss2 = F.cross_entropy(logits2.float(), y, reduction="none")  # [B]
+        plus = self.hparams.mode == "coteaching_plus" and self.current_epoch >= self.hparams.init_epoch
+        candidates = sel.disagreement(logits1, logits2) if plus else None
+        pick1, pick2 = sel.cross_selection(loss1, loss2, forget_rate, candidates)
+        update1, update2 = sel.cross_update_losses(loss1, loss2, pick1, pick2)
+        return {"logits1": logits1, "logits2": logits2, "loss1": loss1, "loss2": loss2,
+                "pick1": pick1, "pick2": pick2, "update1": update1, "update2": update2}
+
+    def training_step(self, batch: dict, batch_idx: int) -> dict:
+        rate = self.current_forget_rate()
+        out = self.compute_updates(batch, rate)
+        # One backward and step per network, in turn: under 16-mixed the loss scale may change at
+        # network 1's step, and network 2's backward must then use the new scale. An empty selection
+        # (co-teaching+) means no update at all, not a momentum step.
+        for opt, update, chosen_by_peer in zip(self.optimizers(), (out["update1"], out["update2"]),
+                                               (out["pick2"], out["pick1"])):
+            opt.zero_grad()
+            if chosen_by_peer.numel():
+                self.manual_backward(update)
+                opt.step()
+        loss1 = out["loss1"].detach()
+        if self._loss_record is not None:
+            self._loss_record[batch["index"].to(self._loss_record.device)] = loss1.to(self._loss_record)
+        self._log_train(batch, out, rate)
+        return {"loss": loss1.mean(), "per_sample_loss": loss1, "logits": out["logits1"].detach()}
+
+    def _log_train(self, batch: dict, out: dict, rate: float) -> None:
+        n = len(batch["target"])
+        self.log("train/loss", out["loss1"].detach().mean(), on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("train/forget_rate", rate, on_step=False, on_epoch=True, batch_size=n)
+        for k in (1, 2):
+            pick = out[f"pick{k}"]
+            self.log(f"train/loss_net{k}", out[f"update{k}"].detach(), on_step=False, on_epoch=True, batch_size=n)
+            self.log(f"train/num_selected_net{k}", float(pick.numel()), on_step=False, on_epoch=True, batch_size=n)
+            if pick.numel():
+                # clean labels are used for this diagnostic only, never for training
+                clean = (batch["target"][pick] == batch["clean_target"][pick]).float().mean()
+                self.log(f"train/label_precision_net{k}", clean, on_step=False, on_epoch=True,
+                         batch_size=pick.numel())
+
+    # ------------------------------------------------------------ evaluation
+    def _eval_step(self, split: str, batch: dict) -> None:
+        logits1, logits2 = self.net1(batch["image"]), self.net2(batch["image"])
+        self.log_eval(split, self.combine(logits1, logits2), batch)
+        metrics = self.val_acc_nets if split == "val" else self.test_acc_nets
+        prefix = "val" if split == "val" else self.test_prefix
+        for k, (metric, lg) in enumerate(zip(metrics, (logits1, logits2)), start=1):
+            metric.update(lg, batch["target"])
+            self.log(f"{prefix}/acc_net{k}", metric)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        probs = self(batch["image"]).softmax(1)
+        return {"index": batch["index"], "probs": probs, "pred": probs.argmax(1)}
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        return [torch.optim.Adam(net.parameters(), lr=hp.lr, betas=(hp.beta1, 0.999)) for net in (self.net1, self.net2)]
+
+    # ------------------------------------------------------- forget_rate: auto
+    def _auto_forget_rate_step(self, epoch: int) -> None:
+        """Record losses during the last warm-up epoch; estimate R at the start of the next one."""
+        warmup = self.hparams.auto_warmup_epochs
+        if epoch >= warmup and self._loss_record is not None:
+            seen = torch.isfinite(self._loss_record)
+            self.forget_rate = sel.estimate_forget_rate(self._loss_record[seen], seed=0)
+            self._loss_record = None
+            self.print(f"co-teaching: estimated forget_rate {self.forget_rate:.4f}")
+        elif epoch >= warmup - 1 and self._loss_record is None:
+            dm = self.trainer.datamodule
+            n = len(dm.noisy_targets) if getattr(dm, "noisy_targets", None) is not None else None
+            if n is None:
+                raise ValueError("forget_rate: auto needs a datamodule exposing noisy_targets (for sample indices)")
+            self._loss_record = torch.full((n,), float("nan"), device=self.device)
+        if self.forget_rate is not None:
+            self.log("train/forget_rate_estimate", self.forget_rate, on_step=False, on_epoch=True)
+            true_rate = getattr(self.trainer.datamodule, "actual_noise_rate", None)
+            if true_rate is not None:
+                self.log("train/actual_noise_rate", float(true_rate), on_step=False, on_epoch=True)
+
+    # ----------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Add what the weights, optimisers and loop state do not hold: the (estimated) forget
+        rate and the loss record of an unfinished estimate. (RNG states: ``callbacks/rng_state.py``,
+        a default callback of train.py.)"""
+        checkpoint[CKPT_KEY] = {
+            "forget_rate": self.forget_rate,
+            "loss_record": None if self._loss_record is None else self._loss_record.cpu(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get(CKPT_KEY)
+        if state is None:
+            return
+        self.forget_rate = state["forget_rate"]
+        record = state.get("loss_record")
+        self._loss_record = None if record is None else record.to(self.device)
+
+def check_arguments(
+    forget_rate, num_gradual, exponent, mode, init_epoch, lr, epoch_decay_start, beta1, beta1_decayed,
+    auto_warmup_epochs, eval_network,
+) -> None:
+    """Fail at construction with the offending value and what is allowed."""
+    if forget_rate not in (None, "auto"):
+        if isinstance(forget_rate, str) or not isinstance(forget_rate, (int, float)) or math.isnan(forget_rate):
+            raise ValueError(f"forget_rate must be a number in [0, 1), 'auto' or null, got {forget_rate!r}")
+        sel.check_forget_rate(forget_rate)
+    if int(num_gradual) != num_gradual or num_gradual < 1:
+        raise ValueError(f"num_gradual must be an integer >= 1 (epochs), got {num_gradual}")
+    if exponent <= 0:
+        raise ValueError(f"exponent must be > 0, got {exponent}")
+    if mode not in ("coteaching", "coteaching_plus"):
+        raise ValueError(f"unknown mode {mode!r}; allowed: coteaching, coteaching_plus")
+    if init_epoch < 0:
+        raise ValueError(f"init_epoch must be >= 0, got {init_epoch}")
+    if lr <= 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    if epoch_decay_start < 0:
+        raise ValueError(f"epoch_decay_start must be >= 0, got {epoch_decay_start}")
+    for name, b in (("beta1", beta1), ("beta1_decayed", beta1_decayed)):
+        if b is not None and not 0.0 <= b < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {b}")
+    if forget_rate == "auto" and auto_warmup_epochs < 1:
+        raise ValueError(f"auto_warmup_epochs must be >= 1 with forget_rate: auto, got {auto_warmup_epochs}")
+    if eval_network not in (1, 2, "mean"):
+        raise ValueError(f"eval_network must be 1, 2 or 'mean', got {eval_network!r}")
+
+
+def check_max_epochs(epoch_decay_start: int, max_epochs: int | None) -> None:
+    """The linear decay needs a finite epoch budget that ``epoch_decay_start`` does not pass."""
+    if max_epochs is None or max_epochs < 1:
+        raise ValueError(f"co-teaching's lr schedule needs a finite trainer.max_epochs, got {max_epochs}")
+    if epoch_decay_start > max_epochs:
+        raise ValueError(
+            f"epoch_decay_start {epoch_decay_start} is past trainer.max_epochs {max_epochs}; "
+            f"set model.init_args.epoch_decay_start to at most {max_epochs} (reference: 0.4 * max_epochs)"
+        )
+
+
+def forget_rate_from_data(dm) -> float:
+    """The datamodule's nominal noise rate (its realised rate for human labels)."""
+    hp = getattr(dm, "hparams", {}) or {}
+    rate = hp.get("noise_rate") if hasattr(hp, "get") else None
+    if hp.get("noise_type") == "human" and getattr(dm, "actual_noise_rate", None) is not None:
+        rate = float(dm.actual_noise_rate)
+    if rate is None:
+        raise ValueError("forget_rate is null but the datamodule has no noise_rate; set model.init_args.forget_rate")
+    sel.check_forget_rate(rate)
+    return float(rate)
