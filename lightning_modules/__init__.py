@@ -1,5 +1,8 @@
 """LightningModules (training methods) and the backbones they train."""
 
 from .classifier import Classifier
+from .coteaching import CoTeaching
+from .meta_weight_net import MetaWeightNet
+from .simclr import SimCLR
 
-__all__ = ["Classifier"]
+__all__ = ["Classifier", "CoTeaching", "MetaWeightNet", "SimCLR"]

@@ -13,6 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from . import backbones as bb
 from .evaluation import EvaluationMixin
 from .losses import classification_loss
+from .pretrained import init_encoder, param_groups
 from .schedules import ScheduleName, build_scheduler, check_schedule
 
 
@@ -29,6 +30,11 @@ class Classifier(EvaluationMixin, pl.LightningModule):
         lr_schedule: ``constant``, ``cosine`` (to 0 at the last step) or ``multistep``.
         warmup_epochs: linear warm-up length in epochs (may be fractional).
         milestones, gamma: multistep epochs and factor.
+        init_from: checkpoint (SimCLR, Classifier, or an exported encoder) whose encoder
+            (``backbone.features``) initialises this backbone; the head stays new (issue 4).
+        freeze_backbone: train only the head (linear probe): the encoder gets no gradient and
+            stays in eval mode, so its batch-norm statistics are not updated either.
+        backbone_lr: learning rate of the encoder (own optimiser param group); None = the optimiser's lr.
     """
 
     def __init__(
@@ -43,6 +49,9 @@ class Classifier(EvaluationMixin, pl.LightningModule):
         warmup_epochs: float = 0.0,
         milestones: Sequence[int] = (),
         gamma: float = 0.1,
+        init_from: str | None = None,
+        freeze_backbone: bool = False,
+        backbone_lr: float | None = None,
     ):
         super().__init__()
         if loss not in ("ce", "gce"):
@@ -54,6 +63,7 @@ class Classifier(EvaluationMixin, pl.LightningModule):
         check_schedule(lr_schedule, warmup_epochs, milestones, gamma)
         self.save_hyperparameters(ignore=["backbone", "optimizer"])
         self.backbone = backbone
+        init_encoder(backbone, init_from, freeze_backbone, backbone_lr)
         self.optimizer_factory = optimizer
         self.train_acc_noisy = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.train_acc_clean = MulticlassAccuracy(num_classes=num_classes, average="micro")
@@ -70,23 +80,29 @@ class Classifier(EvaluationMixin, pl.LightningModule):
         hp = self.hparams
         return classification_loss(logits, targets, hp.loss, hp.gce_q, hp.label_smoothing, reduction)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         logits = self(batch["image"])
-        loss = self.loss(logits, batch["target"])
+        per_sample_loss = self.loss(logits, batch["target"], reduction="none")  # [B]
+        loss = per_sample_loss.mean()
         preds = logits.argmax(1)
         self.train_acc_noisy(preds, batch["target"])
         self.train_acc_clean(preds, batch["clean_target"])  # logging only: never used for training
         n = len(preds)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
         self.log("train/acc_noisy", self.train_acc_noisy, on_step=False, on_epoch=True, batch_size=n)
         self.log("train/acc_clean", self.train_acc_clean, on_step=False, on_epoch=True, batch_size=n)
-        return loss
+        # per-sample values for callbacks (callbacks.LabelNoiseDiagnostics): no second forward pass needed
+        return {"loss": loss, "per_sample_loss": per_sample_loss.detach(), "logits": logits.detach()}
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.log_eval("val", self(batch["image"]), batch)
+    def validation_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        logits = self(batch["image"])
+        self.log_eval("val", logits, batch)
+        return {"logits": logits}  # read by callbacks (confusion matrix) instead of a second forward pass
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self.log_eval("test", self(batch["image"]), batch)
+    def test_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        logits = self(batch["image"])
+        self.log_eval("test", logits, batch)
+        return {"logits": logits}
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         probs = self(batch["image"]).softmax(1)
@@ -94,7 +110,7 @@ class Classifier(EvaluationMixin, pl.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        optimizer = self.optimizer_factory(self.parameters())
+        optimizer = self.optimizer_factory(param_groups(self, self.backbone, hp.get("backbone_lr")))
         if hp.lr_schedule == "constant" and hp.warmup_epochs == 0:
             return optimizer
         scheduler = build_scheduler(
@@ -102,6 +118,13 @@ class Classifier(EvaluationMixin, pl.LightningModule):
             hp.lr_schedule, hp.warmup_epochs, hp.milestones, hp.gamma,
         )
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def train(self, mode: bool = True):
+        """Keep a frozen encoder in eval mode (linear probe: no batch-norm statistics updates)."""
+        super().train(mode)
+        if self.hparams.get("freeze_backbone"):
+            self.backbone.features.eval()
+        return self
 
 
 def check_backbone(backbone: nn.Module, num_classes: int, image_shape: tuple[int, int, int]) -> None:
