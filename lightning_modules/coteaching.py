@@ -164,15 +164,17 @@ class CoTeaching(EvaluationMixin, pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> dict:
         rate = self.current_forget_rate()
         out = self.compute_updates(batch, rate)
-        # One backward and step per network, in turn: under 16-mixed the loss scale may change at
-        # network 1's step, and network 2's backward must then use the new scale. An empty selection
-        # (co-teaching+) means no update at all, not a momentum step.
-        for opt, update, chosen_by_peer in zip(self.optimizers(), (out["update1"], out["update2"]),
-                                               (out["pick2"], out["pick1"])):
-            opt.zero_grad()
-            if chosen_by_peer.numel():
-                self.manual_backward(update)
-                opt.step()
+        opt1, opt2 = self.optimizers()
+        opt1.zero_grad()
+        opt2.zero_grad()
+        # One backward over both (disjoint) graphs: DDP wraps the whole module and expects a single
+        # backward per step. Under 16-mixed Lightning updates the loss scale after *each* step, so a
+        # scale change at opt1's step mis-scales network 2's gradients for that one step (docs/cluster.md).
+        self.manual_backward(out["update1"] + out["update2"])
+        if out["pick2"].numel():  # an empty selection (co-teaching+) means no update, not a momentum step
+            opt1.step()
+        if out["pick1"].numel():
+            opt2.step()
         loss1 = out["loss1"].detach()
         if self._loss_record is not None:
             self._loss_record[batch["index"].to(self._loss_record.device)] = loss1.to(self._loss_record)

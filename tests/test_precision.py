@@ -31,7 +31,9 @@ class FirstConvDtype(pl.Callback):
         conv.register_forward_hook(lambda mod, args, out: self.dtypes.add(out.dtype) if mod.training else None)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = trainer.callback_metrics.get("train/loss_step", trainer.callback_metrics.get("train/loss"))
+        loss = outputs["loss"] if isinstance(outputs, dict) and "loss" in outputs else None
+        if loss is None:  # modules that return no loss (manual optimisation) log it per step
+            loss = trainer.callback_metrics.get("train/loss_step", trainer.callback_metrics.get("train/loss"))
         if loss is not None:
             self.losses.append(float(loss))
 
