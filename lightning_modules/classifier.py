@@ -12,7 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from . import backbones as bb
 from .evaluation import EvaluationMixin
-from .losses import classification_loss
+from .losses import check_loss, classification_loss
 from .pretrained import init_encoder, param_groups
 from .schedules import ScheduleName, build_scheduler, check_schedule
 
@@ -54,10 +54,7 @@ class Classifier(EvaluationMixin, pl.LightningModule):
         backbone_lr: float | None = None,
     ):
         super().__init__()
-        if loss not in ("ce", "gce"):
-            raise ValueError(f"unknown loss {loss!r}; allowed: ce, gce")
-        if loss == "gce" and not 0.0 < gce_q <= 1.0:
-            raise ValueError(f"gce_q must be in (0, 1], got {gce_q}")
+        check_loss(loss, gce_q)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         check_schedule(lr_schedule, warmup_epochs, milestones, gamma)

@@ -37,6 +37,14 @@ def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
     raise ValueError(f"reduction must be mean, sum or none, got {reduction!r}")
 
 
+def check_loss(loss: str, q: float) -> None:
+    """Raise early for an unknown loss name or a GCE q outside (0, 1]."""
+    if loss not in ("ce", "gce"):
+        raise ValueError(f"unknown loss {loss!r}; allowed: ce, gce")
+    if loss == "gce" and not 0.0 < q <= 1.0:
+        raise ValueError(f"gce_q must be in (0, 1], got {q}")
+
+
 def classification_loss(
     logits: torch.Tensor,
     targets: torch.Tensor,

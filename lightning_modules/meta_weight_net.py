@@ -38,7 +38,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from .classifier import check_backbone
 from .evaluation import EvaluationMixin
-from .losses import classification_loss, generalized_cross_entropy
+from .losses import check_loss, classification_loss, generalized_cross_entropy
 from .schedules import ScheduleName, build_scheduler, check_schedule
 
 WeightNorm = Literal["sum", "batch", "none"]
@@ -152,10 +152,7 @@ class MetaWeightNet(EvaluationMixin, pl.LightningModule):
         init_from: str | None = None,
     ):
         super().__init__()
-        if loss not in ("ce", "gce"):
-            raise ValueError(f"unknown loss {loss!r}; allowed: ce, gce")
-        if loss == "gce" and not 0.0 < gce_q <= 1.0:
-            raise ValueError(f"gce_q must be in (0, 1], got {gce_q}")
+        check_loss(loss, gce_q)
         if meta_loss not in META_LOSSES:
             raise ValueError(f"unknown meta_loss {meta_loss!r}; allowed: {', '.join(META_LOSSES)}")
         if weight_norm not in WEIGHT_NORMS:
