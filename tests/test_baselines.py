@@ -112,3 +112,21 @@ def test_mlp_config_runs_through_the_cli_and_prints_metrics(fake_cifar10_dir, tm
     assert re.search(r"^test: acc \d\.\d{4}  macro-F1 \d\.\d{4}", printed, re.M)
     results = json.loads(next(tmp_path.rglob("test_results.json")).read_text())
     assert 0.0 <= results["test"]["test/acc"] <= 1.0 and "test/f1" in results["test"]
+
+
+@pytest.mark.parametrize("winner", hog_svm.ALPHA_CANDIDATES)
+def test_alpha_auto_picks_the_best_candidate_on_held_out_training_images(monkeypatch, winner):
+    """Only the training features/labels go in; the candidate that predicts them best comes out."""
+    class Fake:
+        def __init__(self, alpha: float):
+            self.alpha = alpha
+
+        def fit(self, x, y):
+            return self
+
+        def predict(self, x):
+            return x[:, 0].astype(int) if self.alpha == winner else np.full(len(x), -1)
+
+    monkeypatch.setattr(hog_svm, "linear_svm", lambda alpha, epochs, seed: Fake(alpha))
+    features = (np.arange(200) % 10)[:, None].astype(np.float32)
+    assert hog_svm.select_alpha(features, features[:, 0].astype(int), epochs=1, seed=0) == winner
