@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from callbacks.atomic_checkpoint import atomic_torch_save
 
 FEATURES = "features."
 
@@ -136,16 +137,7 @@ def export_encoder(ckpt_path: str | os.PathLike, out_path: str | os.PathLike) ->
     """
     source = str(ckpt_path)
     enc = encoder_state(read_state_dict(ckpt_path), source)
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".encoder.", suffix=".pt")
-    os.close(fd)
-    try:
-        torch.save({"state_dict": {FEATURES + k: v for k, v in enc.items()}, "source": source}, tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_torch_save({"state_dict": {FEATURES + k: v for k, v in enc.items()}, "source": source}, Path(out_path))
     return len(enc)
 
 

@@ -35,9 +35,8 @@ def latest_version(out: Path, name: str) -> Path:
 
 
 def start(method: str, out: Path, extra: list[str], log: Path) -> subprocess.Popen:
-    # save_top_k -1: Lightning 2.6 rewrites last.ckpt only in epochs that save a top-k checkpoint,
-    # so with top-1 the "last" checkpoint would be the best-val one whenever val accuracy fell
-    cmd = [sys.executable, "train.py", "fit", "--config", CONFIGS[method], "--checkpoint.save_top_k", "-1",
+    # train.py's checkpoint callback writes a true last.ckpt every epoch (callbacks/best_and_last.py)
+    cmd = [sys.executable, "train.py", "fit", "--config", CONFIGS[method],
            "--trainer.logger.init_args.save_dir", str(out), *extra]
     print("$", " ".join(cmd), f"> {log}", flush=True)
     return subprocess.Popen(cmd, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT)
@@ -58,7 +57,7 @@ def scalars(run: Path, tag: str) -> list[float]:
 
 
 def ckpt_epoch(path: str) -> int:
-    """The epoch a checkpoint holds (Lightning 2.6 rewrites last.ckpt only when a top-k one is saved)."""
+    """The epoch a checkpoint holds (runs made before callbacks/best_and_last.py have a stale last.ckpt)."""
     import torch
 
     return int(torch.load(path, map_location="cpu", weights_only=False)["epoch"])

@@ -296,8 +296,7 @@ def _cli_fit(root, data_dir, max_epochs: int, ckpt_path=None) -> dict:
     cfg = root / "config.yaml"
     root.mkdir(parents=True, exist_ok=True)
     cfg.write_text(RESUME_CONFIG.format(root=root, data=data_dir))
-    # save_top_k -1: Lightning 2.6 writes last.ckpt only in epochs that also save a top-k checkpoint
-    args = ["fit", "--config", str(cfg), "--trainer.max_epochs", str(max_epochs), "--checkpoint.save_top_k", "-1"]
+    args = ["fit", "--config", str(cfg), "--trainer.max_epochs", str(max_epochs)]
     cli = main(args + (["--ckpt_path", str(ckpt_path)] if ckpt_path else []))
     last = Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt"
     return torch.load(last, map_location="cpu", weights_only=False)
