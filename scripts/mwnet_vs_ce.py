@@ -45,7 +45,7 @@ def data_kwargs(args: argparse.Namespace, labels: Path | None) -> dict:
     return dict(
         data_dir=args.data_dir, batch_size=args.batch_size, val_size=args.val_size, train_subset=args.train_subset,
         noise_type=args.noise_type, noise_rate=args.noise_rate, noise_seed=args.noise_seed, meta_size=args.meta_size,
-        noisy_labels_path=str(labels) if labels else None,
+        noisy_labels_path=str(labels) if labels else None, augmentation=args.augmentation,
     )
 
 
@@ -70,6 +70,7 @@ def run(method: str, args: argparse.Namespace, labels: Path) -> dict:
     t0 = time.time()
     trainer.fit(model, datamodule=dm)
     fit_s = time.time() - t0
+    train_metrics = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
     last = trainer.test(model, datamodule=dm, verbose=False)[0]  # the weights after the last epoch
     best = trainer.test(model, datamodule=dm, ckpt_path=ckpt.best_model_path, verbose=False)[0]
     result = {
@@ -77,7 +78,7 @@ def run(method: str, args: argparse.Namespace, labels: Path) -> dict:
         "train_images": len(dm.train_indices), "meta_images": len(dm.meta_indices),
         "test_acc_last": last["test/acc"], "test_acc_best_val": best["test/acc"],
         "best_val_acc_noisy": float(ckpt.best_model_score), "best_checkpoint": ckpt.best_model_path,
-        "log_dir": trainer.log_dir,
+        "log_dir": trainer.log_dir, "train_metrics_last_epoch": train_metrics,
     }
     print(json.dumps(result), flush=True)
     return result
@@ -97,6 +98,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=100, help="paper: 100")
     p.add_argument("--lr", type=float, default=0.1, help="paper: SGD 0.1, momentum 0.9, nesterov, wd 5e-4")
+    p.add_argument("--augmentation", default="crop_flip", help="crop_flip (paper) or none (memorises sooner)")
     p.add_argument("--width", type=float, default=0.25, help="channel multiplier of the co-teaching CNN")
     p.add_argument("--weight-norm", default="sum", choices=["sum", "batch", "none"])
     p.add_argument("--seed", type=int, default=0)
