@@ -497,7 +497,7 @@ def test_coteaching_init_from_loads_both_networks(tmp_path):
         (["cifar10_resnet18", "cifar100_resnet18"], ("NoisyCIFAR100", 18, "torch.optim.SGD", 800, 512)),
         (["cifar10_resnet18", "resnet50_lars"], ("NoisyCIFAR10", 50, "lightly.utils.lars.LARS", 800, 512)),
         (["finetune_base", "noise_uniform90", "gce"], ("NoisyCIFAR10", 50, "torch.optim.SGD", 120, 100)),
-        (["cpu_cifar10"], ("NoisyCIFAR10", None, "torch.optim.SGD", 6, 128)),
+        (["cpu_cifar10"], ("NoisyCIFAR10", None, "torch.optim.SGD", 80, 128)),
         (["cpu_finetune_ce"], ("NoisyCIFAR10", None, "torch.optim.SGD", 8, 128)),
     ],
 )
