@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datamodules import NoisyCIFAR10  # noqa: E402
 from datamodules.noisy_cifar import save_noisy_labels  # noqa: E402
 from lightning_modules import Classifier, MetaWeightNet  # noqa: E402
-from lightning_modules.backbones import CNN  # noqa: E402
+from lightning_modules.backbones import CNN, ConvNet6  # noqa: E402
 
 
 class TrainSetOnly(NoisyCIFAR10):
@@ -49,12 +49,18 @@ def data_kwargs(args: argparse.Namespace, labels: Path | None) -> dict:
     )
 
 
+def make_backbone(args: argparse.Namespace) -> torch.nn.Module:
+    """The co-teaching CNN at ``--width``, or ConvNet6 (dropout off), the encoder of configs/simclr/cpu_cifar10.yaml."""
+    return CNN(n_outputs=10, width=args.width) if args.backbone == "cnn" else ConvNet6(n_outputs=10, dropout_rate=0.0)
+
+
 def run(method: str, args: argparse.Namespace, labels: Path) -> dict:
     pl.seed_everything(args.seed, workers=True)
-    backbone = CNN(n_outputs=10, width=args.width)
+    backbone = make_backbone(args)
     sgd = lambda p: torch.optim.SGD(p, lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)  # noqa: E731
     milestones = [int(args.epochs * 2 / 3), int(args.epochs * 5 / 6)]  # 80/120 and 100/120 of the paper
-    common = dict(backbone=backbone, num_classes=10, optimizer=sgd, lr_schedule="multistep", milestones=milestones)
+    common = dict(backbone=backbone, num_classes=10, optimizer=sgd, lr_schedule="multistep", milestones=milestones,
+                  init_from=args.init_from)
     if method == "mwnet":
         model, dm = MetaWeightNet(weight_norm=args.weight_norm, **common), NoisyCIFAR10(**data_kwargs(args, labels))
     else:
@@ -99,7 +105,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=100, help="paper: 100")
     p.add_argument("--lr", type=float, default=0.1, help="paper: SGD 0.1, momentum 0.9, nesterov, wd 5e-4")
     p.add_argument("--augmentation", default="crop_flip", help="crop_flip (paper) or none (memorises sooner)")
+    p.add_argument("--backbone", choices=["cnn", "convnet6"], default="cnn")
     p.add_argument("--width", type=float, default=0.25, help="channel multiplier of the co-teaching CNN")
+    p.add_argument("--init-from", default=None, help="a SimCLR checkpoint: both methods start from its encoder")
     p.add_argument("--weight-norm", default="sum", choices=["sum", "batch", "none"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
