@@ -33,12 +33,24 @@ def digest(tensor) -> str:
     return hashlib.sha256(tensor.cpu().long().numpy().tobytes()).hexdigest()
 
 
+def parameter_digests(module) -> dict[str, str]:
+    """One hash of the exact parameter bytes per top-level submodule (``backbone``, ``weighting_net``, ...)."""
+    out: dict[str, hashlib._Hash] = {}
+    for name, param in module.named_parameters():
+        out.setdefault(name.split(".")[0], hashlib.sha256()).update(param.detach().cpu().numpy().tobytes())
+    return {name: h.hexdigest() for name, h in out.items()}
+
+
 class DumpDataView(pl.Callback):
-    """Each process writes what it trains on to ``folder/rank{R}.json``: label/split hashes and its sample indices."""
+    """Each process writes what it trains on to ``folder/rank{R}.json``: label/split hashes, its sample
+    indices, and hashes of its final parameters (equal on every process only if gradients were averaged)."""
 
     def __init__(self, folder: str):
         self.folder = Path(folder)
         self.indices: list[int] = []
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.initial_parameters = parameter_digests(pl_module)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         batch = batch["train"] if "train" in batch else batch  # MetaWeightNet: {"train": ..., "meta": ...}
@@ -55,6 +67,8 @@ class DumpDataView(pl.Callback):
             "seen_indices": self.indices,
             "checkpoint_io": type(trainer.strategy.checkpoint_io).__name__,
             "strategy": type(trainer.strategy).__name__,
+            "initial_parameters": self.initial_parameters,
+            "parameters": parameter_digests(pl_module),
         }
         (self.folder / f"rank{trainer.global_rank}.json").write_text(json.dumps(out))
 

@@ -69,6 +69,8 @@ def test_every_process_trains_on_the_same_labels_and_its_own_share(classifier_dd
     assert ranks[0]["noisy_targets"] == digest(dm.noisy_targets)  # = a single-process draw from the seeds
     assert [r["strategy"] for r in ranks] == ["DDPStrategy"] * 2
     assert [r["checkpoint_io"] for r in ranks] == ["AtomicCheckpointIO"] * 2
+    assert ranks[0]["parameters"] == ranks[1]["parameters"]  # gradients averaged across processes
+    assert ranks[0]["parameters"] != ranks[0]["initial_parameters"]  # ... and not equal for want of training
 
 
 def test_two_process_validation_accuracy_equals_the_whole_set_value(classifier_ddp_run, fake_cifar10_dir):
@@ -136,6 +138,12 @@ def test_other_modules_run_under_ddp_with_the_same_labels(name, fake_cifar10_dir
     ddp = [a if a != "ddp" else STRATEGY.get(name, "ddp") for a in DDP]
     checked(train(["fit", "--config", str(config), *ddp, *dump_args(tmp_path / "view")], tmp_path, timeout=400))
     dm = datamodule(fake_cifar10_dir, **data)
-    assert_same_labels_and_disjoint_shares(read_ranks(tmp_path / "view"), dm.train_indices)
+    ranks = read_ranks(tmp_path / "view")
+    assert_same_labels_and_disjoint_shares(ranks, dm.train_indices)
+    # the processes trained on different samples: identical weights afterwards mean that every gradient
+    # (the weighting net's meta-gradient included) was averaged across them
+    assert ranks[0]["parameters"] == ranks[1]["parameters"]
+    unchanged = [k for k, h in ranks[0]["parameters"].items() if ranks[0]["initial_parameters"][k] == h]
+    assert not unchanged, f"never trained, so equal trivially: {unchanged}"
     saved = yaml.safe_load((run_dir(tmp_path) / "config.yaml").read_text())
     assert saved["trainer"]["strategy"] == STRATEGY.get(name, "ddp")
