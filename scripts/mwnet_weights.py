@@ -22,9 +22,9 @@ import sys
 from pathlib import Path
 
 import torch
-from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from callbacks.noise_diagnostics import loss_auroc  # noqa: E402
 from datamodules import NoisyCIFAR10  # noqa: E402
 from lightning_modules import MetaWeightNet  # noqa: E402
 from mwnet_vs_ce import make_backbone  # noqa: E402
@@ -77,7 +77,7 @@ def main() -> None:
         f, k = m & flipped, m & ~flipped
         if not f.any():
             continue
-        auc = roc_auc_score(flipped[m].numpy(), -weights[m].numpy())  # 1.0: every flipped sample weighted below
+        auc = loss_auroc(-weights[m], flipped[m])  # 1.0: every flipped sample weighted below
         rows.append({"label": dm.class_names[c] if hasattr(dm, "class_names") else c, "auroc": auc,
                      "correct": [int(k.sum()), float(losses[k].mean()), float(weights[k].mean())],
                      "flipped": [int(f.sum()), float(losses[f].mean()), float(weights[f].mean())]})
@@ -85,7 +85,7 @@ def main() -> None:
         print(f"| {r['label']} | {r['correct'][0]}, {r['correct'][1]:.2f}, {r['correct'][2]:.3f} "
               f"| {r['flipped'][0]}, {r['flipped'][1]:.2f}, {r['flipped'][2]:.3f} | {auc:.3f} |")
     affected = torch.isin(noisy, noisy[flipped].unique())
-    overall = roc_auc_score(flipped[affected].numpy(), -weights[affected].numpy())
+    overall = loss_auroc(-weights[affected], flipped[affected])
     print(f"AUROC (labels that receive flipped samples): {overall:.3f}; "
           f"mean weight correct {weights[~flipped].mean():.3f}, flipped {weights[flipped].mean():.3f}")
     if args.out:
