@@ -91,20 +91,6 @@ class Classifier(EvaluationMixin, pl.LightningModule):
         # per-sample values for callbacks (callbacks.LabelNoiseDiagnostics): no second forward pass needed
         return {"loss": loss, "per_sample_loss": per_sample_loss.detach(), "logits": logits.detach()}
 
-    def validation_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
-        logits = self(batch["image"])
-        self.log_eval("val", logits, batch)
-        return {"logits": logits}  # read by callbacks (confusion matrix) instead of a second forward pass
-
-    def test_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
-        logits = self(batch["image"])
-        self.log_eval("test", logits, batch)
-        return {"logits": logits}
-
-    def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        probs = self(batch["image"]).softmax(1)
-        return {"index": batch["index"], "probs": probs, "pred": probs.argmax(1)}
-
     def configure_optimizers(self):
         hp = self.hparams
         optimizer = self.optimizer_factory(param_groups(self, self.backbone, hp.get("backbone_lr")))

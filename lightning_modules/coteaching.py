@@ -196,24 +196,17 @@ class CoTeaching(EvaluationMixin, pl.LightningModule):
                          batch_size=pick.numel())
 
     # ------------------------------------------------------------ evaluation
-    def _eval_step(self, split: str, batch: dict) -> None:
+    def eval_step(self, split: str, batch: dict) -> dict[str, torch.Tensor]:
+        """The evaluated network's metrics (one forward per network) plus each network's accuracy."""
         logits1, logits2 = self.net1(batch["image"]), self.net2(batch["image"])
-        self.log_eval(split, self.combine(logits1, logits2), batch)
+        logits = self.combine(logits1, logits2)
+        self.log_eval(split, logits, batch)
         metrics = self.val_acc_nets if split == "val" else self.test_acc_nets
         prefix = "val" if split == "val" else self.test_prefix
         for k, (metric, lg) in enumerate(zip(metrics, (logits1, logits2)), start=1):
             metric.update(lg, batch["target"])
             self.log(f"{prefix}/acc_net{k}", metric)
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step("val", batch)
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step("test", batch)
-
-    def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        probs = self(batch["image"]).softmax(1)
-        return {"index": batch["index"], "probs": probs, "pred": probs.argmax(1)}
+        return {"logits": logits}
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -25,7 +25,8 @@ def split_metrics(num_classes: int) -> MetricCollection:
 
 
 class EvaluationMixin:
-    """Adds ``val/acc``, ``val/f1``, ``{test_prefix}/acc``, ``{test_prefix}/f1`` logging."""
+    """Adds ``val/acc``, ``val/f1``, ``{test_prefix}/acc``, ``{test_prefix}/f1`` logging, and the
+    validation / test / predict steps of a module whose ``forward`` gives the evaluated logits."""
 
     test_prefix: str = "test"
 
@@ -44,3 +45,20 @@ class EvaluationMixin:
             prefix, metrics = self.test_prefix, self.test_metrics
         self.log(f"{prefix}/loss", loss, sync_dist=True, batch_size=len(target))
         self.log_dict({f"{prefix}/{k}": m for k, m in metrics.items()}, prog_bar=(split == "val"))
+
+    def eval_step(self: pl.LightningModule, split: str, batch: dict) -> dict[str, torch.Tensor]:
+        """Log the split's metrics; return the logits for callbacks (confusion matrix, mistakes), which
+        then need no second forward pass (``callbacks.plotting.logits_from``)."""
+        logits = self(batch["image"])
+        self.log_eval(split, logits, batch)
+        return {"logits": logits}
+
+    def validation_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self.eval_step("val", batch)
+
+    def test_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self.eval_step("test", batch)
+
+    def predict_step(self: pl.LightningModule, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        probs = self(batch["image"]).softmax(1)
+        return {"index": batch["index"], "probs": probs, "pred": probs.argmax(1)}

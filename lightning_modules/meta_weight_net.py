@@ -39,6 +39,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from .classifier import check_backbone
 from .evaluation import EvaluationMixin
 from .losses import check_loss, classification_loss, generalized_cross_entropy
+from .pretrained import load_backbone_weights
 from .schedules import ScheduleName, build_scheduler, check_schedule
 
 WeightNorm = Literal["sum", "batch", "none"]
@@ -162,7 +163,7 @@ class MetaWeightNet(EvaluationMixin, pl.LightningModule):
         self.automatic_optimization = False
         self.backbone = backbone
         if init_from:
-            load_pretrained(self.backbone, init_from)
+            load_backbone_weights(self.backbone, init_from)
         self.weighting_net = WeightingNet(hidden)
         self.optimizer_factory, self.meta_optimizer_factory = optimizer, meta_optimizer
         self.train_acc_noisy = MulticlassAccuracy(num_classes=num_classes, average="micro")
@@ -232,16 +233,6 @@ class MetaWeightNet(EvaluationMixin, pl.LightningModule):
             self.log("train/weight_flipped", weights[flipped].mean(), on_step=False, on_epoch=True, batch_size=n)
             self.log("train/weight_correct", weights[~flipped].mean(), on_step=False, on_epoch=True, batch_size=n)
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.log_eval("val", self(batch["image"]), batch)
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self.log_eval("test", self(batch["image"]), batch)
-
-    def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        probs = self(batch["image"]).softmax(1)
-        return {"index": batch["index"], "probs": probs, "pred": probs.argmax(1)}
-
     def configure_optimizers(self):
         hp = self.hparams
         optimizer = self.optimizer_factory(self.backbone.parameters())
@@ -258,14 +249,3 @@ class MetaWeightNet(EvaluationMixin, pl.LightningModule):
         )
         return [optimizer, meta_optimizer], [scheduler]
 
-
-def load_pretrained(backbone: nn.Module, ckpt_path: str) -> None:
-    """Initialise ``backbone`` from a checkpoint through the shared loader (issue 4's ``pretrained``)."""
-    try:
-        from .pretrained import load_backbone_weights
-    except ImportError as err:  # the loader lives in another issue's module
-        raise ImportError(
-            f"init_from={ckpt_path!r} needs lightning_modules.pretrained.load_backbone_weights, "
-            f"which is not available: {err}"
-        ) from err
-    load_backbone_weights(backbone, ckpt_path)

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 import yaml
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
@@ -353,3 +354,53 @@ def test_files_written_without_tensorboard(fake_cifar10_dir, tmp_path):
 def test_bad_arguments_fail_early(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+# ----------------------------------------------------- logits handed to callbacks
+class RecordEvalOutputs(pl.Callback):
+    """Keeps what each validation / test step returned, with the batch it was given."""
+
+    def __init__(self):
+        self.seen: list[tuple[object, dict]] = []
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self.seen.append((outputs, batch))
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self.seen.append((outputs, batch))
+
+
+def _eval_modules():
+    from lightning_modules import Classifier, CoTeaching, MetaWeightNet
+    from lightning_modules.backbones import CNN
+
+    torch.manual_seed(0)
+    net = lambda: CNN(n_outputs=10, width=0.125)  # noqa: E731
+    return {
+        "classifier": Classifier(net()),
+        "coteaching_mean": CoTeaching(net(), forget_rate=0.2, eval_network="mean"),
+        "coteaching_net2": CoTeaching(net(), forget_rate=0.2, eval_network=2),
+        "meta_weight_net": MetaWeightNet(net()),
+    }
+
+
+@pytest.mark.parametrize("name", ["classifier", "coteaching_mean", "coteaching_net2", "meta_weight_net"])
+def test_every_module_hands_its_evaluation_logits_to_callbacks(name, tmp_path):
+    """Confusion matrices and mistake galleries read the logits the step returns
+    (``callbacks.plotting.logits_from``); without them they pay a second forward pass."""
+    module = _eval_modules()[name]
+    g = torch.Generator().manual_seed(1)
+    batches = [{"image": torch.randn(8, 3, 32, 32, generator=g), "target": torch.randint(0, 10, (8,), generator=g),
+                "index": torch.arange(8 * i, 8 * i + 8)} for i in range(2)]
+    loader = torch.utils.data.DataLoader(batches, batch_size=None)
+    record = RecordEvalOutputs()
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[record], default_root_dir=tmp_path)
+    trainer.validate(module, dataloaders=loader, verbose=False)
+    trainer.test(module, dataloaders=loader, verbose=False)
+    assert len(record.seen) == 4
+    module.eval()
+    for outputs, batch in record.seen:
+        assert isinstance(outputs, dict) and "logits" in outputs, f"{name} returned {type(outputs).__name__}"
+        with torch.no_grad():
+            assert torch.allclose(outputs["logits"], module(batch["image"]), atol=1e-5)
