@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Training time per epoch of the 9-layer CNN and ResNet-18 with each speed knob, against plain fp32.
+"""Training time per epoch of each backbone (9-layer CNN, SmallVGG, ResNet-18, AirbenchNet) with each
+speed knob, against plain fp32.
 
 Runs ``Trainer.fit`` for one epoch (after a warm-up epoch that is not timed:
 cuDNN autotuning and torch.compile happen there) of ``Classifier`` on CIFAR-10
@@ -32,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datamodules import NoisyCIFAR10  # noqa: E402
 from lightning_modules import Classifier  # noqa: E402
-from lightning_modules.backbones import CNN, ResNet  # noqa: E402
+from lightning_modules.backbones import CNN, AirbenchNet, ResNet, SmallVGG  # noqa: E402
 from lightning_modules.performance import Performance  # noqa: E402
 
 VARIANTS = {
@@ -43,7 +44,12 @@ VARIANTS = {
     "bf16+cl+resident": dict(precision="bf16-mixed", channels_last=True, resident=True),
     "bf16+cl+resident+compile": dict(precision="bf16-mixed", channels_last=True, resident=True, compile=True),
 }
-NETS = {"cnn": lambda: CNN(n_outputs=10), "resnet18": lambda: ResNet(18, n_outputs=10)}
+NETS = {
+    "cnn": lambda: CNN(n_outputs=10),
+    "smallvgg": lambda: SmallVGG(n_outputs=10),
+    "resnet18": lambda: ResNet(18, n_outputs=10),
+    "airbench": lambda: AirbenchNet(n_outputs=10),
+}
 
 
 class EpochTimer(pl.Callback):
@@ -97,7 +103,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--images", type=int, default=45000)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--nets", default="cnn,resnet18")
+    parser.add_argument("--nets", default="cnn,resnet18", help=f"comma-separated, from {','.join(NETS)}")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     args = parser.parse_args()
     args.data_dir = ensure_data(args.data_dir, max(args.images, 1000))

@@ -16,6 +16,8 @@ _LAZY = {
     "ConfidentMistakes": "mistakes",
     "LabelNoiseDiagnostics": "noise_diagnostics",
     "HParamsMetrics": "hparams",
+    "PatchWhitening": "patch_whitening",
+    "Lookahead": "lookahead",
 }
 
 __all__ = list(_LAZY)

@@ -95,20 +95,39 @@ def to_normalized(images: torch.Tensor, mean: tuple[float, ...], std: tuple[floa
     return x.mul_(1.0 / (255.0 * s)).sub_(m / s)
 
 
+def alternating_flip(index: torch.Tensor, epoch: int) -> torch.Tensor:
+    """Whether each sample is mirrored in ``epoch``: a fixed pseudo-random half of the samples (a hash
+    of the sample index) in even epochs, the other half in odd epochs (airbench's alternating flip)."""
+    first = ((index.long() * 2654435761) % 2**32) >= 2**31  # Knuth's multiplicative hash, top bit
+    return first ^ bool(epoch % 2)
+
+
 class CropFlip(torch.nn.Module):
     """Random crop (reflect padding) + horizontal flip + normalisation, batched.
 
     Crop and flip are one gather of the uint8 pixels (the flip only reverses the
     gathered columns); the conversion to float happens once, on the output.
+    ``alternate_flip``: instead of a coin per sample and batch, every sample is
+    mirrored in every other epoch (``alternating_flip``; airbench, Keller Jordan:
+    each image is seen in both orientations over any two consecutive epochs). It
+    needs the batch's sample indices and the epoch (``uses_position``).
     """
 
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], padding: int = 4, flip: bool = True):
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], padding: int = 4, flip: bool = True,
+                 alternate_flip: bool = False):
         super().__init__()
         self.mean, self.std, self.padding, self.flip = tuple(mean), tuple(std), padding, flip
+        self.alternate_flip = alternate_flip and flip
+        self.uses_position = self.alternate_flip
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, index: torch.Tensor | None = None, epoch: int = 0) -> torch.Tensor:
         n, _, h, w = images.shape
-        rows, cols = crop_flip_indices(n, h, w, self.padding, 0.5 if self.flip else 0.0, images.device)
+        coin = 0.5 if self.flip and not self.alternate_flip else 0.0
+        rows, cols = crop_flip_indices(n, h, w, self.padding, coin, images.device)
+        if self.alternate_flip:
+            if index is None:
+                raise ValueError("alternating flip needs the batch's sample indices")
+            cols = torch.where(alternating_flip(index.to(cols.device), epoch)[:, None], cols.flip(1), cols)
         return to_normalized(gather_rows_cols(images, rows, cols), self.mean, self.std)
 
 
@@ -134,14 +153,20 @@ def _simclr(mean: tuple[float, ...], std: tuple[float, ...]) -> torch.nn.Module:
 
 TRAIN_AUGMENTATIONS = {
     "crop_flip": lambda mean, std: CropFlip(mean, std),
+    "crop2_flip": lambda mean, std: CropFlip(mean, std, padding=2),  # airbench's 2 px translation
+    "crop2_altflip": lambda mean, std: CropFlip(mean, std, padding=2, alternate_flip=True),  # and its flip
     "none": lambda mean, std: Normalize(mean, std),
     "simclr": _simclr,  # two views {"view1", "view2"} (datamodules/simclr_augment.py)
 }
 
 
-def apply_transform(transform: torch.nn.Module, batch: dict) -> dict:
-    """Run ``transform`` on ``batch["image"]`` and put its result back in the batch."""
-    out = transform(batch["image"])
+def apply_transform(transform: torch.nn.Module, batch: dict, epoch: int = 0) -> dict:
+    """Run ``transform`` on ``batch["image"]`` and put its result back in the batch. A transform with
+    ``uses_position`` also gets the samples' ``index`` and the ``epoch``."""
+    if getattr(transform, "uses_position", False):
+        out = transform(batch["image"], index=batch["index"], epoch=epoch)
+    else:
+        out = transform(batch["image"])
     if isinstance(out, dict):
         batch.update(out)
     else:

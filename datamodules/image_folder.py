@@ -345,6 +345,13 @@ class NoisyImageFolder(NoisyCIFAR):
     def prepare_data(self) -> None:
         pass
 
+    def training_images(self):
+        """Not available: image folders are decoded by the loader's workers, never held in memory."""
+        raise NotImplementedError(
+            f"{type(self).__name__} decodes its files in the loader and holds no image tensor; "
+            "callbacks that need the training images (e.g. PatchWhitening) work with NoisyCIFAR10/100 only"
+        )
+
     def _load(self) -> None:
         if getattr(self, "_checked", False):
             return

@@ -218,6 +218,13 @@ class NoisyCIFAR(pl.LightningDataModule):
         out.mkdir(parents=True, exist_ok=True)
         save_noisy_labels(self, self.noisy_labels_file)
 
+    def training_images(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training split's uint8 images [N, C, H, W] and the (noisy) labels trained on, in
+        ``train_indices`` order (after ``setup``): for callbacks and scripts that need the data itself."""
+        if getattr(self, "train_indices", None) is None:
+            raise RuntimeError(f"{type(self).__name__}.training_images() needs setup() first")
+        return self._train.images[self.train_indices], self.noisy_targets[self.train_indices]
+
     # ------------------------------------------------------------- loaders
     def _loader(self, dataset: IndexedTensorDataset, shuffle: bool, batch_size: int | None = None) -> DataLoader:
         """Seeded, resumable, DDP-aware loaders: see ``datamodules/resumable.py``."""
@@ -263,9 +270,10 @@ class NoisyCIFAR(pl.LightningDataModule):
         """Augment (training) or only normalise (evaluation) on the batch's device."""
         training = self.trainer is not None and self.trainer.training
         transform = self.train_transform if training else self.eval_transform
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
         if "image" not in batch:  # {"train": batch, "meta": batch} from a CombinedLoader
-            return {name: augment.apply_transform(transform, sub) for name, sub in batch.items()}
-        return augment.apply_transform(transform, batch)
+            return {name: augment.apply_transform(transform, sub, epoch) for name, sub in batch.items()}
+        return augment.apply_transform(transform, batch, epoch)
 
 
 def save_noisy_labels(dm: NoisyCIFAR, path: Path) -> None:

@@ -170,6 +170,80 @@ class MLP(Backbone):
         self.head = nn.Linear(cin, n_outputs)
 
 
+class Scale(nn.Module):
+    """Multiply by a constant (airbench's output scaling of the logits)."""
+
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor}"
+
+
+def _airbench_conv(cin: int, cout: int) -> nn.Conv2d:
+    """3x3 'same' conv without bias whose first ``cin`` output channels start as the identity (Dirac)."""
+    conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+    with torch.no_grad():
+        nn.init.dirac_(conv.weight[: min(cin, cout)])
+    return conv
+
+
+def _airbench_norm(channels: int, momentum: float) -> nn.BatchNorm2d:
+    """Batch norm with a fixed scale of 1 (only the bias learns), eps 1e-12, as in airbench."""
+    norm = nn.BatchNorm2d(channels, eps=1e-12, momentum=momentum)
+    norm.weight.requires_grad_(False)
+    return norm
+
+
+class AirbenchGroup(nn.Module):
+    """conv -> max-pool 2 -> BN -> GELU -> conv -> BN -> GELU."""
+
+    def __init__(self, cin: int, cout: int, bn_momentum: float):
+        super().__init__()
+        self.conv1, self.pool = _airbench_conv(cin, cout), nn.MaxPool2d(2)
+        self.norm1, self.conv2 = _airbench_norm(cout, bn_momentum), _airbench_conv(cout, cout)
+        self.norm2, self.activ = _airbench_norm(cout, bn_momentum), nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.activ(self.norm1(self.pool(self.conv1(x))))
+        return self.activ(self.norm2(self.conv2(x)))
+
+
+class AirbenchNet(Backbone):
+    """The airbench94 CIFAR network (Keller Jordan, github.com/KellerJordan/cifar10-airbench,
+    ``legacy/airbench94.py``; 94% on CIFAR-10 in about 10 epochs), written from its description.
+
+    A 2x2 patch conv with ``2 * C * 4`` channels (24 for RGB) meant to be initialised by patch
+    whitening (``whitening.init_patch_whitening``; its weight is frozen, its bias trains), GELU, three
+    groups of widths 64/256/256, max-pool 3, a bias-free linear head scaled by 1/9. About 2.0 M
+    parameters. Batch norms have a fixed unit scale and PyTorch momentum ``bn_momentum`` (airbench's
+    0.6 "keep" rate is PyTorch's 0.4). ``width`` scales the group widths for smaller runs.
+    """
+
+    def __init__(
+        self, input_channel: int = 3, n_outputs: int = 10, widths: tuple[int, int, int] = (64, 256, 256),
+        bn_momentum: float = 0.4, logit_scale: float = 1 / 9, width: float = 1.0,
+    ):
+        super().__init__()
+        w1, w2, w3 = (_scaled(c, width) for c in widths)
+        whiten = nn.Conv2d(input_channel, 2 * input_channel * 4, kernel_size=2, padding=0, bias=True)
+        whiten.weight.requires_grad_(False)
+        nn.init.zeros_(whiten.bias)
+        self.features = nn.Sequential(
+            whiten, nn.GELU(),
+            AirbenchGroup(whiten.out_channels, w1, bn_momentum),
+            AirbenchGroup(w1, w2, bn_momentum),
+            AirbenchGroup(w2, w3, bn_momentum),
+            nn.MaxPool2d(3), nn.Flatten(),
+        )
+        self.feature_dim = w3
+        self.head = nn.Sequential(nn.Linear(w3, n_outputs, bias=False), Scale(logit_scale))
+
+
 def first_conv(model: nn.Module) -> nn.Conv2d | None:
     """The first ``nn.Conv2d`` in registration order (what filter visualisation shows)."""
     return next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
@@ -196,4 +270,4 @@ def output_size(model: nn.Module, image_shape: tuple[int, int, int]) -> int:
     return int(out.shape[-1])
 
 
-__all__ = ["Backbone", "CNN", "SmallVGG", "LeNet", "ConvNet3", "ConvNet6", "ResNet", "MLP"]
+__all__ = ["Backbone", "CNN", "SmallVGG", "LeNet", "ConvNet3", "ConvNet6", "ResNet", "MLP", "AirbenchNet"]

@@ -13,8 +13,10 @@ from torchmetrics.classification import MulticlassAccuracy
 from . import backbones as bb
 from .evaluation import EvaluationMixin
 from .losses import check_loss, classification_loss
+from .optim_groups import scale_norm_groups, split_norm_groups
 from .pretrained import init_encoder, param_groups
 from .schedules import ScheduleName, build_scheduler, check_schedule
+from .tta import TTA, check_tta
 
 
 class Classifier(EvaluationMixin, pl.LightningModule):
@@ -27,9 +29,16 @@ class Classifier(EvaluationMixin, pl.LightningModule):
         gce_q: GCE exponent q (paper default 0.7).
         label_smoothing: for ``ce`` only.
         optimizer: optimiser factory, e.g. ``torch.optim.SGD`` with ``init_args``.
-        lr_schedule: ``constant``, ``cosine`` (to 0 at the last step) or ``multistep``.
+        lr_schedule: ``constant``, ``cosine`` or ``linear`` (to ``final_lr_factor`` at the last step),
+            or ``multistep``.
         warmup_epochs: linear warm-up length in epochs (may be fractional).
         milestones, gamma: multistep epochs and factor.
+        warmup_start_factor, final_lr_factor: lr multiplier at the start of the warm-up and at the
+            end of ``cosine`` / ``linear`` (see ``schedules.lr_factor``).
+        norm_lr_scale: learning-rate multiplier of normalisation-layer parameters, their weight
+            decay divided by it (airbench: 64; ``optim_groups``).
+        tta: test-time augmentation at test and predict (``none``, ``flip``, ``flip_translate``);
+            validation stays plain, so model selection costs one forward pass.
         init_from: checkpoint (SimCLR, Classifier, or an exported encoder) whose encoder
             (``backbone.features``) initialises this backbone; the head stays new (issue 4).
         freeze_backbone: train only the head (linear probe): the encoder gets no gradient and
@@ -52,12 +61,19 @@ class Classifier(EvaluationMixin, pl.LightningModule):
         init_from: str | None = None,
         freeze_backbone: bool = False,
         backbone_lr: float | None = None,
+        warmup_start_factor: float = 0.0,
+        final_lr_factor: float = 0.0,
+        norm_lr_scale: float = 1.0,
+        tta: TTA = "none",
     ):
         super().__init__()
         check_loss(loss, gce_q)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-        check_schedule(lr_schedule, warmup_epochs, milestones, gamma)
+        check_schedule(lr_schedule, warmup_epochs, milestones, gamma, warmup_start_factor, final_lr_factor)
+        if norm_lr_scale <= 0:
+            raise ValueError(f"norm_lr_scale must be > 0, got {norm_lr_scale}")
+        check_tta(tta)
         self.save_hyperparameters(ignore=["backbone", "optimizer"])
         self.backbone = backbone
         init_encoder(backbone, init_from, freeze_backbone, backbone_lr)
@@ -93,12 +109,18 @@ class Classifier(EvaluationMixin, pl.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        optimizer = self.optimizer_factory(param_groups(self, self.backbone, hp.get("backbone_lr")))
+        groups = param_groups(self, self.backbone, hp.get("backbone_lr"))
+        norm_lr_scale = hp.get("norm_lr_scale", 1.0)
+        if norm_lr_scale != 1.0:
+            groups = split_norm_groups(groups, self)
+        optimizer = self.optimizer_factory(groups)
+        scale_norm_groups(optimizer, norm_lr_scale)
         if hp.lr_schedule == "constant" and hp.warmup_epochs == 0:
             return optimizer
         scheduler = build_scheduler(
             optimizer, int(self.trainer.estimated_stepping_batches), int(self.trainer.max_epochs or 1),
             hp.lr_schedule, hp.warmup_epochs, hp.milestones, hp.gamma,
+            hp.get("warmup_start_factor", 0.0), hp.get("final_lr_factor", 0.0),
         )
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 

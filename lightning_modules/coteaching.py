@@ -24,9 +24,14 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from . import backbones as bb
 from . import selection as sel
+from pytorch_lightning.cli import OptimizerCallable
+
 from .classifier import check_backbone
 from .evaluation import EvaluationMixin
+from .optim_groups import scale_norm_groups, split_norm_groups
 from .pretrained import load_backbone_weights
+from .schedules import ScheduleName, build_scheduler, check_schedule
+from .tta import TTA, check_tta, tta_logits
 
 Mode = Literal["coteaching", "coteaching_plus"]
 EvalNetwork = Literal[1, 2, "mean"]
@@ -61,6 +66,14 @@ class CoTeaching(EvaluationMixin, pl.LightningModule):
             two softmaxes). ``val/acc`` (the checkpoint monitor) is that network's accuracy.
         init_from: checkpoint (SimCLR, Classifier, exported encoder) whose encoder initialises
             both networks' ``features`` (``pretrained.load_backbone_weights``); heads stay new.
+        optimizer: ``None`` (default): the reference Adam plan above (``lr``, ``epoch_decay_start``,
+            ``beta1``...). An optimiser factory instead (e.g. SGD with ``init_args``): one optimiser per
+            network with the per-step schedule below, the same recipe as ``Classifier``'s, so that a
+            comparison with CE differs only in the sample selection.
+        lr_schedule, warmup_epochs, warmup_start_factor, final_lr_factor, norm_lr_scale: as in
+            ``Classifier``; used only with ``optimizer``.
+        label_smoothing: of the per-sample cross-entropy that ranks and trains (0: the paper's).
+        tta: test-time augmentation at test and predict (``none``, ``flip``, ``flip_translate``).
     """
 
     def __init__(
@@ -79,11 +92,26 @@ class CoTeaching(EvaluationMixin, pl.LightningModule):
         auto_warmup_epochs: int = 5,
         eval_network: EvalNetwork = 1,
         init_from: str | None = None,
+        optimizer: OptimizerCallable | None = None,
+        lr_schedule: ScheduleName = "constant",
+        warmup_epochs: float = 0.0,
+        warmup_start_factor: float = 0.0,
+        final_lr_factor: float = 0.0,
+        norm_lr_scale: float = 1.0,
+        label_smoothing: float = 0.0,
+        tta: TTA = "none",
     ):
         super().__init__()
         check_arguments(forget_rate, num_gradual, exponent, mode, init_epoch, lr, epoch_decay_start, beta1,
                         beta1_decayed, auto_warmup_epochs, eval_network)
-        self.save_hyperparameters(ignore=["backbone"])
+        check_schedule(lr_schedule, warmup_epochs, (), 0.1, warmup_start_factor, final_lr_factor)
+        if norm_lr_scale <= 0:
+            raise ValueError(f"norm_lr_scale must be > 0, got {norm_lr_scale}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        check_tta(tta)
+        self.save_hyperparameters(ignore=["backbone", "optimizer"])
+        self.optimizer_factory = optimizer
         self.automatic_optimization = False
         self.net1, self.net2 = self.build_networks(backbone)
         if init_from:  # both encoders start from the pretrained one; the heads stay independent (issue 4)
@@ -107,20 +135,23 @@ class CoTeaching(EvaluationMixin, pl.LightningModule):
         for net in (self.net1, self.net2):
             check_backbone(net, self.hparams.num_classes, image_shape)
         if stage == "fit":
-            check_max_epochs(self.hparams.epoch_decay_start, self.trainer.max_epochs)
+            if self.optimizer_factory is None:
+                check_max_epochs(self.hparams.epoch_decay_start, self.trainer.max_epochs)
             if self.hparams.forget_rate is None and self.forget_rate is None:
                 self.forget_rate = forget_rate_from_data(dm)
 
     def on_train_epoch_start(self) -> None:
         epoch, hp = self.current_epoch, self.hparams
+        if hp.forget_rate == "auto" and self.forget_rate is None:
+            self._auto_forget_rate_step(epoch)
+        if self.optimizer_factory is not None:  # per-step schedule: see configure_optimizers
+            return
         lr, beta1 = sel.adam_plan(epoch, self.trainer.max_epochs, hp.epoch_decay_start, hp.lr, hp.beta1,
                                   hp.beta1_decayed)
         for opt in self.optimizers():
             for group in opt.param_groups:
                 group["lr"] = lr
                 group["betas"] = (beta1, group["betas"][1])
-        if hp.forget_rate == "auto" and self.forget_rate is None:
-            self._auto_forget_rate_step(epoch)
         self.log("train/lr", lr, on_step=False, on_epoch=True)
         self.log("train/beta1", beta1, on_step=False, on_epoch=True)
 
@@ -152,8 +183,9 @@ class CoTeaching(EvaluationMixin, pl.LightningModule):
         """Both networks' forward pass, the cross selection and the losses each one minimises."""
         x, y = batch["image"], batch["target"]
         logits1, logits2 = self.net1(x), self.net2(x)
-        loss1 = F.cross_entropy(logits1.float(), y, reduction="none")  # [B]
-        loss2 = F.cross_entropy(logits2.float(), y, reduction="none")  # [B]
+        smoothing = self.hparams.get("label_smoothing", 0.0)
+        loss1 = F.cross_entropy(logits1.float(), y, reduction="none", label_smoothing=smoothing)  # [B]
+        loss2 = F.cross_entropy(logits2.float(), y, reduction="none", label_smoothing=smoothing)  # [B]
         plus = self.hparams.mode == "coteaching_plus" and self.current_epoch >= self.hparams.init_epoch
         candidates = sel.disagreement(logits1, logits2) if plus else None
         pick1, pick2 = sel.cross_selection(loss1, loss2, forget_rate, candidates)
@@ -175,6 +207,9 @@ class CoTeaching(EvaluationMixin, pl.LightningModule):
             opt1.step()
         if out["pick1"].numel():
             opt2.step()
+        if self.optimizer_factory is not None:
+            for scheduler in self.lr_schedulers():
+                scheduler.step()
         loss1 = out["loss1"].detach()
         if self._loss_record is not None:
             self._loss_record[batch["index"].to(self._loss_record.device)] = loss1.to(self._loss_record)
@@ -198,7 +233,8 @@ class CoTeaching(EvaluationMixin, pl.LightningModule):
     # ------------------------------------------------------------ evaluation
     def eval_step(self, split: str, batch: dict) -> dict[str, torch.Tensor]:
         """The evaluated network's metrics (one forward per network) plus each network's accuracy."""
-        logits1, logits2 = self.net1(batch["image"]), self.net2(batch["image"])
+        tta = self.hparams.get("tta", "none") if split != "val" else "none"
+        logits1, logits2 = (tta_logits(net, batch["image"], tta) for net in (self.net1, self.net2))
         logits = self.combine(logits1, logits2)
         self.log_eval(split, logits, batch)
         metrics = self.val_acc_nets if split == "val" else self.test_acc_nets
@@ -210,7 +246,22 @@ class CoTeaching(EvaluationMixin, pl.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        return [torch.optim.Adam(net.parameters(), lr=hp.lr, betas=(hp.beta1, 0.999)) for net in (self.net1, self.net2)]
+        if self.optimizer_factory is None:
+            return [torch.optim.Adam(net.parameters(), lr=hp.lr, betas=(hp.beta1, 0.999))
+                    for net in (self.net1, self.net2)]
+        optimizers, schedulers = [], []
+        for net in (self.net1, self.net2):
+            groups = [{"params": [p for p in net.parameters() if p.requires_grad]}]
+            if hp.norm_lr_scale != 1.0:
+                groups = split_norm_groups(groups, net)
+            opt = self.optimizer_factory(groups)
+            scale_norm_groups(opt, hp.norm_lr_scale)
+            optimizers.append(opt)
+            schedulers.append(build_scheduler(
+                opt, int(self.trainer.estimated_stepping_batches), int(self.trainer.max_epochs or 1),
+                hp.lr_schedule, hp.warmup_epochs, (), 0.1, hp.warmup_start_factor, hp.final_lr_factor,
+            ))
+        return optimizers, schedulers
 
     # ------------------------------------------------------- forget_rate: auto
     def _auto_forget_rate_step(self, epoch: int) -> None:

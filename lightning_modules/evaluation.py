@@ -14,6 +14,8 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from .tta import tta_logits
+
 
 def split_metrics(num_classes: int) -> MetricCollection:
     return MetricCollection(
@@ -46,10 +48,15 @@ class EvaluationMixin:
         self.log(f"{prefix}/loss", loss, sync_dist=True, batch_size=len(target))
         self.log_dict({f"{prefix}/{k}": m for k, m in metrics.items()}, prog_bar=(split == "val"))
 
+    def eval_logits(self: pl.LightningModule, split: str, images: torch.Tensor) -> torch.Tensor:
+        """``self(images)``, averaged over the test-time augmentation ``hparams.tta`` outside validation."""
+        tta = self.hparams.get("tta", "none") if split != "val" else "none"
+        return tta_logits(self, images, tta)
+
     def eval_step(self: pl.LightningModule, split: str, batch: dict) -> dict[str, torch.Tensor]:
         """Log the split's metrics; return the logits for callbacks (confusion matrix, mistakes), which
         then need no second forward pass (``callbacks.plotting.logits_from``)."""
-        logits = self(batch["image"])
+        logits = self.eval_logits(split, batch["image"])
         self.log_eval(split, logits, batch)
         return {"logits": logits}
 
@@ -60,5 +67,5 @@ class EvaluationMixin:
         return self.eval_step("test", batch)
 
     def predict_step(self: pl.LightningModule, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
-        probs = self(batch["image"]).softmax(1)
+        probs = self.eval_logits("predict", batch["image"]).softmax(1)
         return {"index": batch["index"], "probs": probs, "pred": probs.argmax(1)}

@@ -72,7 +72,9 @@ def test_built_scheduler_drives_the_optimizer_per_step():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (("linear", 0, (), 0.1), "unknown lr schedule 'linear'; allowed: constant, cosine, multistep"),
+        (("onecycle", 0, (), 0.1), "unknown lr schedule 'onecycle'; allowed: constant, cosine, multistep, linear"),
+        (("linear", 0, (), 0.1, -0.1), r"warmup_start_factor must be in \[0, 1\], got -0.1"),
+        (("linear", 0, (), 0.1, 0.2, 1.5), r"final_lr_factor must be in \[0, 1\], got 1.5"),
         (("cosine", -1, (), 0.1), "warmup_epochs must be >= 0, got -1"),
         (("multistep", 0, (5, -2), 0.1), r"milestones must be >= 0 epochs, got \[5, -2\]"),
         (("multistep", 0, (5,), 0.0), r"gamma must be in \(0, 1\], got 0.0"),
@@ -83,4 +85,20 @@ def test_bad_schedule_arguments(args, message):
     with pytest.raises(ValueError, match=message):
         check_schedule(*args)
     with pytest.raises(ValueError):
-        lr_factor(0, 10, 1, "linear")
+        lr_factor(0, 10, 1, "onecycle")
+
+
+def test_linear_schedule_is_airbenchs_trapezoid():
+    """airbench94: 100 steps, warm-up over 23 steps from 0.2 to 1, then straight down to 0.07 at the end."""
+    f = {s: lr_factor(s, 100, 10, "linear", warmup_epochs=2.3, warmup_start_factor=0.2, final_lr_factor=0.07)
+         for s in (0, 10, 23, 50, 100)}
+    assert f[0] == pytest.approx(0.2)
+    assert f[10] == pytest.approx(0.2 + 0.8 * 10 / 23)
+    assert f[23] == pytest.approx(1.0)
+    assert f[50] == pytest.approx(0.07 + 0.93 * (1 - 27 / 77))
+    assert f[100] == pytest.approx(0.07)
+
+
+def test_cosine_ends_at_final_factor():
+    assert lr_factor(100, 100, 10, "cosine", final_lr_factor=0.1) == pytest.approx(0.1)
+    assert lr_factor(50, 100, 10, "cosine", final_lr_factor=0.1) == pytest.approx(0.1 + 0.9 * 0.5)

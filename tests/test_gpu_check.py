@@ -1,0 +1,31 @@
+"""scripts/gpu_check.sh at smoke size on the CPU: every step runs and the table reports each one."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = ["bench", "fast_cifar10", "coteaching_reference", "coteaching_plus_auto_half", "simclr_resnet18",
+         "mwnet_half"]
+
+
+def test_gpu_check_runs_every_step_at_smoke_size(tmp_path, fake_cifar10_dir):
+    env = dict(os.environ, DATA_DIR=str(fake_cifar10_dir), OUT=str(tmp_path / "out"), OMP_NUM_THREADS="1")
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--device", "cpu", "--smoke"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = {m.group(1): m.groups()[1:] for m in re.finditer(r"^\| (\w+) \| (\w+) \| ([\d.]+) \| ([\d.]*) \|$",
+                                                             proc.stdout, re.M)}
+    assert list(rows) == STEPS
+    assert all(r[0] == "ok" and float(r[1]) > 0 for r in rows.values())
+    assert rows["fast_cifar10"][2] != ""  # the fast recipe reports its test accuracy
+    assert re.search(r"airbench\s+bf16\s+[\d.]+ s/epoch\s+[\d.]+x vs fp32", proc.stdout)
+
+
+def test_gpu_check_refuses_an_unknown_device():
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--device", "tpu"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--device must be gpu or cpu, got tpu" in proc.stderr

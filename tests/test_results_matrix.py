@@ -1,0 +1,120 @@
+"""scripts/results_matrix.py: every cell through train.py, one label file per row, resumable, tables."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "results_matrix.py"
+
+
+def _matrix(tmp_path: Path, data_dir: Path) -> Path:
+    spec = {
+        "out_dir": str(tmp_path / "out"),
+        "configs": [str(REPO / "configs" / "quick.yaml")],
+        "args": ["--data.init_args.data_dir", str(data_dir), "--data.init_args.download", "false",
+                 "--data.init_args.train_subset", "100", "--data.init_args.val_size", "100",
+                 "--data.init_args.batch_size", "50", "--trainer.max_epochs", "1",
+                 "--trainer.precision", "32-true", "--trainer.enable_progress_bar", "false",
+                 "--model.init_args.backbone.class_path", "lightning_modules.backbones.CNN",
+                 "--model.init_args.backbone.init_args.width", "0.0625"],
+        "seeds": [0],
+        "rows": [
+            {"name": "sym40", "noise_rate": 0.4, "published": {"gce": 12.5},
+             "args": ["--data.init_args.noise_type", "symmetric", "--data.init_args.noise_rate", "0.4"]},
+            {"name": "pair20", "noise_rate": 0.2,
+             "args": ["--data.init_args.noise_type", "pairflip", "--data.init_args.noise_rate", "0.2"]},
+        ],
+        "methods": [{"name": "ce"}, {"name": "gce", "args": ["--model.init_args.loss", "gce"]}],
+    }
+    path = tmp_path / "matrix.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _targets(path: Path) -> np.ndarray:
+    with np.load(path, allow_pickle=False) as z:
+        return z["noisy_targets"].copy(), z["clean_targets"].copy()
+
+
+def test_matrix_runs_every_cell_on_its_rows_labels_and_tabulates(tmp_path, fake_cifar10_dir):
+    matrix = _matrix(tmp_path, fake_cifar10_dir)
+    _run("run", str(matrix))
+    out = tmp_path / "out"
+    rows = {}
+    for row in ("sym40", "pair20"):
+        noisy, clean = _targets(out / row / "noisy_labels.npz")
+        rows[row] = noisy
+        for method in ("ce", "gce"):
+            run_noisy, _ = _targets(out / row / method / "seed0" / "version_0" / "noisy_labels.npz")
+            assert np.array_equal(run_noisy, noisy)  # every method of a row trained on the row's labels
+    assert not np.array_equal(rows["sym40"], rows["pair20"])
+    noisy, clean = _targets(out / "pair20" / "noisy_labels.npz")
+    flipped = noisy != clean
+    assert np.array_equal(noisy[flipped], (clean[flipped] + 1) % 10)  # pairflip: c -> c + 1
+
+    with open(out / "results.csv") as f:
+        table = {(r["noise"], r["method"]): r for r in csv.DictReader(f)}
+    assert len(table) == 4
+    for (row, method), rec in table.items():
+        results = json.loads((out / row / method / "seed0" / "version_0" / "test_results.json").read_text())
+        assert float(rec["last_mean"]) == pytest.approx(100 * results["test"]["test/acc"], abs=1e-4)
+        assert float(rec["best_val_mean"]) == pytest.approx(100 * results["test_best"]["test_best/acc"], abs=1e-4)
+        assert float(rec["wall_s_mean"]) > 0
+    assert table[("sym40", "gce")]["published"] == "12.50" and table[("sym40", "ce")]["published"] == ""
+    assert "| sym40 | gce | 1 |" in (out / "results.md").read_text()
+    png = (out / "accuracy_vs_noise.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+    # an interrupted matrix is run again: nothing done is redone
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/*/seed0/version_0/test_results.json")}
+    again = _run("run", str(matrix))
+    assert again.stdout.count("done, skipped") == 4
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+    # a cell that trained on other labels is refused by the table
+    other = out / "pair20" / "gce" / "seed0" / "version_0" / "noisy_labels.npz"
+    with np.load(other) as z:
+        data = {k: z[k] for k in z.files}
+    data["noisy_targets"] = (data["noisy_targets"] + 1) % 10
+    np.savez(other, **data)
+    proc = subprocess.run([sys.executable, str(SCRIPT), "table", str(matrix)], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode != 0 and "pair20/gce/seed0: trained on other labels" in proc.stderr
+
+
+def test_matrix_writes_a_slurm_array_with_one_task_per_cell(tmp_path, fake_cifar10_dir):
+    matrix = _matrix(tmp_path, fake_cifar10_dir)
+    _run("slurm", str(matrix))
+    script = (tmp_path / "out" / "matrix.sbatch").read_text()
+    assert "#SBATCH --array=0-3" in script
+    assert f"scripts/results_matrix.py run {matrix.resolve()} --cell $SLURM_ARRAY_TASK_ID" in script
+    assert (tmp_path / "out" / "sym40" / "noisy_labels.npz").is_file()  # labels drawn before any task starts
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"rows": [{"name": "a"}], "methods": [{"name": "m"}]}, "missing 'out_dir'"),
+    ({"out_dir": "x", "rows": [{"name": "a"}, {"name": "a"}], "methods": [{"name": "m"}]}, "duplicate rows"),
+    ({"out_dir": "x", "rows": [{"name": "a/b"}], "methods": [{"name": "m"}]}, "needs a name without '/'"),
+])
+def test_matrix_file_errors_name_the_problem(tmp_path, spec, message):
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    proc = subprocess.run([sys.executable, str(SCRIPT), "list", str(path)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0 and message in proc.stderr
