@@ -23,6 +23,7 @@ MATRIX.yaml::
       - name: coteaching
         configs: [configs/fast/coteaching.yaml]
         args: []
+        rows: [sym50]                              # optional: only these rows
 
 Every method of a row trains on the same labels: before any cell of a row runs,
 the row's ``noisy_labels.npz`` is drawn once (``OUT/ROW/noisy_labels.npz``) and every
@@ -86,6 +87,11 @@ def load_matrix(path: str | Path) -> dict:
             raise ValueError(f"{path}: every entry of {kind} needs a name without '/', got {names}")
         if len(set(names)) != len(names):
             raise ValueError(f"{path}: duplicate {kind} names {names}")
+    row_names = {row["name"] for row in spec["rows"]}
+    for method in spec["methods"]:
+        unknown = set(method.get("rows", [])) - row_names
+        if unknown:
+            raise ValueError(f"{path}: method {method['name']!r} names unknown rows {sorted(unknown)}")
     spec.setdefault("configs", [])
     spec.setdefault("args", [])
     spec.setdefault("seeds", [0])
@@ -96,6 +102,8 @@ def cells(spec: dict) -> list[Cell]:
     out, out_dir = [], Path(spec["out_dir"])
     for row in spec["rows"]:
         for method in spec["methods"]:
+            if "rows" in method and row["name"] not in method["rows"]:
+                continue
             for seed in row.get("seeds", spec["seeds"]):
                 cell = Cell(len(out), row, method, int(seed))
                 cell.folder = out_dir / row["name"] / method["name"] / f"seed{seed}"
@@ -124,7 +132,11 @@ def draw_row_labels(spec: dict, row: dict) -> Path:
     from datamodules.noisy_cifar import save_noisy_labels
     from train import main
 
-    cli = main([*base_args(spec, row), "--trainer.logger", "false"], run=False)
+    argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when it also sees this script's arguments
+    try:
+        cli = main([*base_args(spec, row), "--trainer.logger", "false"], run=False)
+    finally:
+        sys.argv = argv
     dm = cli.datamodule
     dm.prepare_data()
     dm.setup("fit")
@@ -180,6 +192,8 @@ def collect(spec: dict) -> list[dict]:
         row_file = row_labels_file(spec, row)
         row_digest = labels_digest(row_file) if row_file.is_file() else None
         for method in spec["methods"]:
+            if "rows" in method and row["name"] not in method["rows"]:
+                continue
             done = [c for c in all_cells if c.row is row and c.method is method and c.done]
             rec = {"row": row["name"], "method": method["name"], "noise_rate": row.get("noise_rate"),
                    "seeds": [c.seed for c in done], "labels": row_digest,

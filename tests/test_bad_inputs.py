@@ -154,7 +154,7 @@ def cli(args: list[str], capsys, tmp_path, monkeypatch) -> tuple[int, str, str]:
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_:
-        train.main(["fit", "--config", str(REPO / "configs" / "quick.yaml"), *SAFE, *args])
+        train.main(["fit", "--config", str(REPO / "tests" / "configs" / "tiny.yaml"), *SAFE, *args])
     out = capsys.readouterr()
     return exit_.value.code, out.out, out.err
 

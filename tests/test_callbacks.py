@@ -52,7 +52,7 @@ def _read_csv(path: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def run(fake_cifar10_dir, tmp_path_factory):
-    """Fit 2 epochs via train.main with quick.yaml + inspect.yaml (intervals set to 1), then test twice."""
+    """Fit 2 epochs via train.main with tests/configs/tiny.yaml + inspect.yaml (intervals set to 1), then test twice."""
     import train
 
     tmp = tmp_path_factory.mktemp("inspect")
@@ -67,7 +67,7 @@ def run(fake_cifar10_dir, tmp_path_factory):
     argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when pytest's own arguments are present
     try:
         cli = train.main([
-            "fit", "--config", str(REPO / "configs" / "quick.yaml"), "--config", str(tmp / "inspect.yaml"),
+            "fit", "--config", str(REPO / "tests" / "configs" / "tiny.yaml"), "--config", str(tmp / "inspect.yaml"),
             "--data.init_args.data_dir", str(fake_cifar10_dir), "--data.init_args.download", "false",
             "--data.init_args.train_subset", "null", "--data.init_args.val_size", str(N_VAL),
             "--data.init_args.batch_size", str(BATCH), "--data.init_args.noise_rate", "0.4",

@@ -252,10 +252,21 @@ def test_lookahead_ends_both_coteaching_networks_on_the_slow_weights(fake_cifar1
     model = CoTeaching(AirbenchNet(width=0.125), forget_rate=0.2, num_gradual=1,
                        optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9))
     look, end = Lookahead(every=3), _EndWeights()
-    _trainer(2, [look, end]).fit(model, dm)
+
+    class AfterLookahead(pl.Callback):  # runs after Lookahead's hook: sees the weights it left
+        weights: list = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.weights.append(pl_module.net2.head[0].weight.detach().clone())
+
+    after = AfterLookahead()
+    _trainer(2, [look, after, end]).fit(model, dm)
     assert look.batches == 10
     for key, slow in look.slow.items():
         assert torch.equal(end.state[key], slow), key
+    # training goes on in the second half: the final "copy the average" happens at the last batch only
+    w = after.weights
+    assert all(not torch.equal(w[i], w[i + 1]) for i in range(5, 9))
 
 
 def test_coteaching_with_an_optimiser_follows_the_per_step_schedule(fake_cifar10_dir):
