@@ -41,7 +41,8 @@ class NoisyCIFAR(pl.LightningDataModule):
         human_label_set: which human labels (CIFAR-10N: aggre, worst, random1..3; CIFAR-100N: noisy).
         noisy_labels_path: a ``noisy_labels.npz`` written by an earlier run, to reuse its exact noise.
         augmentation: training transform, run batched on the device: ``crop_flip`` (4 px
-            reflect-padded crop + flip) or ``none``; see ``augment.TRAIN_AUGMENTATIONS``.
+            reflect-padded crop + flip), ``crop_flip_twice`` (two such views, ``image`` and ``image2``:
+            DivideMix) or ``none``; see ``augment.TRAIN_AUGMENTATIONS``.
         meta_size: clean *meta set* images per class (Meta-Weight-Net), taken from the training set
             (never from validation) with their clean labels and excluded from training. When > 0,
             ``train_dataloader`` yields ``{"train": batch, "meta": batch}`` (the meta loader cycles).
@@ -246,6 +247,12 @@ class NoisyCIFAR(pl.LightningDataModule):
         ds = IndexedTensorDataset(self._train.images, self.clean_targets, self.clean_targets, self.meta_indices)
         bs = min(self.hparams.meta_batch_size or self.hparams.batch_size, len(ds))
         return self._loader(ds, shuffle=True, batch_size=bs)
+
+    def train_eval_dataloader(self) -> DataLoader:
+        """The training images in order, not augmented (apply ``eval_transform``), each once over all
+        processes: for methods that score every training sample (DivideMix's per-sample losses)."""
+        ds = IndexedTensorDataset(self._train.images, self.noisy_targets, self.clean_targets, self.train_indices)
+        return self._loader(ds, shuffle=False, batch_size=2 * self.hparams.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         targets = self.clean_targets if self.hparams.val_clean_labels else self.noisy_targets
