@@ -59,6 +59,18 @@ def test_only_the_labels_of_the_labelled_part_enter_the_loss():
     assert none["loss_x"].item() == 0.0 and none["loss_u"].item() > 0.0
 
 
+def test_unlabelled_targets_are_co_guessed_with_the_other_network():
+    model, batch = tiny_model(), tiny_batch()
+    unlabelled, labelled = torch.zeros(8), torch.ones(8)
+    before_u = mixmatch_loss(model, batch, unlabelled)["loss"]
+    before_l = mixmatch_loss(model, batch, labelled)["loss"]
+    with torch.no_grad():
+        for p in model.net2.parameters():
+            p.mul_(3.0)
+    assert not torch.equal(mixmatch_loss(model, batch, unlabelled)["loss"], before_u)  # the guesses moved
+    assert torch.equal(mixmatch_loss(model, batch, labelled)["loss"], before_l)  # co-refinement is net1's own
+
+
 def test_the_loss_weights_the_unlabelled_term_by_the_ramp_and_adds_the_prior():
     model, batch = tiny_model(prior_weight=0.5), tiny_batch()
     clean_prob = torch.tensor([0.9, 0.1] * 4)
