@@ -16,6 +16,7 @@ _LAZY = {
     "ConfidentMistakes": "mistakes",
     "LabelNoiseDiagnostics": "noise_diagnostics",
     "HParamsMetrics": "hparams",
+    "MislabelDetection": "detection",
 }
 
 __all__ = list(_LAZY)

@@ -41,6 +41,7 @@ from datamodules.augment import TwoViews
 
 from . import backbones as bb
 from . import dividemix_math as dmm
+from . import sample_scores
 from .classifier import check_backbone
 from .evaluation import EvaluationMixin
 from .pretrained import load_backbone_weights
@@ -143,7 +144,9 @@ class DivideMix(EvaluationMixin, pl.LightningModule):
             for group in opt.param_groups:
                 group["lr"] = lr
         self.log("train/lr", lr, on_step=False, on_epoch=True)
-        if epoch >= hp.warmup_epochs and self.division_epoch != epoch:  # a mid-epoch resume keeps its division
+        # a run resumed mid-epoch keeps the checkpoint's division (Lightning 2.6 does not even call this
+        # hook then; the optimisers' saved lr holds too)
+        if epoch >= hp.warmup_epochs and self.division_epoch != epoch:
             self.divide()
         if self.clean_prob is not None:
             self._log_division()
@@ -158,25 +161,18 @@ class DivideMix(EvaluationMixin, pl.LightningModule):
     @torch.no_grad()
     def score_training_set(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-sample losses [2, N] as in ``per_sample_losses``, argmax of the mean logits [N]).
+        A collective under DDP (``sample_scores.score_training_set``)."""
 
-        A collective under DDP: each process scores its share, the shares are summed."""
-        dm = self.trainer.datamodule
-        self._share_rank_zero_buffers()
-        losses = torch.zeros(2, len(dm.noisy_targets), device=self.device)
-        preds = torch.zeros(len(dm.noisy_targets), device=self.device)
+        def score_batch(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+            logits = [net(x).float() for net in (self.net1, self.net2)]
+            losses = torch.stack([F.cross_entropy(lg, y, reduction="none") for lg in logits])  # [2, B]
+            return {"loss": losses, "pred": (logits[0] + logits[1]).argmax(1)}
+
         modes = self.net1.training, self.net2.training
         self.net1.eval(), self.net2.eval()
-        with self.trainer.precision_plugin.forward_context():
-            for batch in dm.train_eval_dataloader():
-                x = dm.eval_transform(batch["image"].to(self.device))
-                y, index = batch["target"].to(self.device), batch["index"].to(self.device)
-                logits = [net(x).float() for net in (self.net1, self.net2)]
-                for k, lg in enumerate(logits):
-                    losses[k, index] = F.cross_entropy(lg, y, reduction="none")
-                preds[index] = (logits[0] + logits[1]).argmax(1).float()
+        scored = sample_scores.score_training_set(self, score_batch)
         self.net1.train(modes[0]), self.net2.train(modes[1])
-        reduce = self.trainer.strategy.reduce  # each sample was scored by one process: the sum is its value
-        return reduce(losses, reduce_op="sum"), reduce(preds, reduce_op="sum").long()
+        return scored["loss"], scored["pred"].long()
 
     def detection_scores(self) -> dict[str, torch.Tensor]:
         """Per training sample: ``score``, the mean of the two networks' clean probabilities (the
@@ -189,19 +185,6 @@ class DivideMix(EvaluationMixin, pl.LightningModule):
                  for k in range(2)]
         score = (probs[0] + probs[1]).float() / 2
         return {"index": index.cpu(), "score": score.cpu(), "suggested": preds[index].cpu()}
-
-    def _share_rank_zero_buffers(self) -> None:
-        """Give every process rank 0's batch-norm statistics before the eval pass.
-
-        DDP copies rank 0's buffers into the other processes at the start of each training forward,
-        so after a step each process holds the running statistics of its own last batch; scored with
-        those, the processes' shares of the losses would come from slightly different models.
-        Rank 0's are the ones checkpoints hold and the next training forward would use anyway.
-        """
-        if self.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            for net in (self.net1, self.net2):
-                for buffer in net.buffers():
-                    torch.distributed.broadcast(buffer, src=0)
 
     def divide(self) -> None:
         """Fit the mixture to each network's normalised losses: ``clean_prob[k]`` is network k's

@@ -193,14 +193,14 @@ def test_dividemix_sigkill_then_resume_equals_uninterrupted_run(fake_cifar10_dir
     ref, run = tmp_path / "ref", tmp_path / "run"
     ref.mkdir(), run.mkdir()
     checked(train(["fit", "--config", str(write_config(ref, fake_cifar10_dir, DIVIDEMIX, extra_data=TWO_VIEWS))],
-                  ref))
+                  ref, timeout=600))
     config = str(write_config(run, fake_cifar10_dir, DIVIDEMIX, extra_data=TWO_VIEWS))
     # two optimiser steps per batch, 12 batches per epoch: step 34 is batch 5 of epoch 1 (after the division);
     # the newest checkpoint is then last-step.ckpt of step 30, mid-epoch
-    assert train(["fit", "--config", config, *kill_callback(34, "SIGKILL")], run).returncode == -9
+    assert train(["fit", "--config", config, *kill_callback(34, "SIGKILL")], run, timeout=600).returncode == -9
     ckpt = torch.load(run_dir(run) / "checkpoints" / "last-step.ckpt", weights_only=False, map_location="cpu")
     assert ckpt["global_step"] == 30 and ckpt["epoch"] == 1 and ckpt["dividemix"]["division_epoch"] == 1
-    checked(train(["fit", "--config", config, "--ckpt_path", "last"], run))
+    checked(train(["fit", "--config", config, "--ckpt_path", "last"], run, timeout=600))
     (w_ref, s_ref), (w_run, s_run) = final_weights(ref), final_weights(run)
     assert s_ref == s_run == 48
     differ = [k for k in w_ref if not torch.equal(w_ref[k], w_run[k])]
@@ -213,7 +213,7 @@ def test_dividemix_under_two_process_ddp_gathers_every_samples_loss(fake_cifar10
                           extra_data={"val_size": 101, **TWO_VIEWS})
     ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
            "--trainer.callbacks+=dividemix_probe.DumpDivision", f"--trainer.callbacks.folder={tmp_path / 'view'}"]
-    checked(train(["fit", "--config", str(config), *ddp], tmp_path, timeout=500))
+    checked(train(["fit", "--config", str(config), *ddp], tmp_path, timeout=600))
     ranks = [json.loads((tmp_path / "view" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]
     assert ranks[0]["losses"] == ranks[1]["losses"] and ranks[0]["clean_prob"] == ranks[1]["clean_prob"]
