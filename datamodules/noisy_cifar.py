@@ -13,6 +13,7 @@ from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import DataLoader
 
 from . import augment, cifar_source, noise
+from .folds import check_folds, split_fold
 from .meta_split import select_meta
 from .batches import IndexedTensorDataset, keep_batch
 from .resumable import make_loader
@@ -50,6 +51,10 @@ class NoisyCIFAR(pl.LightningDataModule):
         meta_batch_size: meta batch size (default: ``batch_size``, capped at the meta-set size).
         resident_on_device: keep the images and labels on the training device (the whole of CIFAR is
             150 MB of uint8) and make batches there: no host-to-device copy per batch. Needs num_workers 0.
+        num_folds, fold: K-fold cross-validation (``scripts/confident_learning.py``): the training set
+            (after ``train_subset``) is split into ``num_folds`` folds (seeded by ``split_seed``); fold
+            ``fold`` is held out (``heldout_indices``, ``heldout_dataloader()``) and the rest trained on.
+            0 folds: off.
     """
 
     spec: cifar_source.CifarSpec
@@ -78,9 +83,12 @@ class NoisyCIFAR(pl.LightningDataModule):
         meta_seed: int = 0,
         meta_batch_size: int | None = None,
         resident_on_device: bool = False,
+        num_folds: int = 0,
+        fold: int = 0,
     ):
         super().__init__()
         self.save_hyperparameters()
+        check_folds(num_folds, fold)
         noise.check_noise_type(noise_type)
         noise.check_noise_rate(noise_rate)
         if noise_type in ("clean", "human") and noise_rate != 0:
@@ -205,6 +213,10 @@ class NoisyCIFAR(pl.LightningDataModule):
                 )
             self.train_indices = self.train_indices[: self.hparams.train_subset]
         self.train_indices = self.train_indices.sort().values
+        if self.hparams.num_folds:
+            self.train_indices, self.heldout_indices = split_fold(
+                self.train_indices, self.hparams.num_folds, self.hparams.fold, self.hparams.split_seed
+            )
 
     def _save_noisy_labels(self) -> None:
         trainer = self.trainer
@@ -252,6 +264,13 @@ class NoisyCIFAR(pl.LightningDataModule):
         """The training images in order, not augmented (apply ``eval_transform``), each once over all
         processes: for methods that score every training sample (DivideMix's per-sample losses)."""
         ds = IndexedTensorDataset(self._train.images, self.noisy_targets, self.clean_targets, self.train_indices)
+        return self._loader(ds, shuffle=False, batch_size=2 * self.hparams.batch_size)
+
+    def heldout_dataloader(self) -> DataLoader:
+        """The held-out cross-validation fold, in order, not augmented (apply ``eval_transform``)."""
+        if not self.hparams.num_folds:
+            raise ValueError("heldout_dataloader needs num_folds >= 2 (cross-validation)")
+        ds = IndexedTensorDataset(self._train.images, self.noisy_targets, self.clean_targets, self.heldout_indices)
         return self._loader(ds, shuffle=False, batch_size=2 * self.hparams.batch_size)
 
     def val_dataloader(self) -> DataLoader:
