@@ -18,6 +18,7 @@ _LAZY = {
     "HParamsMetrics": "hparams",
     "PatchWhitening": "patch_whitening",
     "Lookahead": "lookahead",
+    "MislabelDetection": "detection",
 }
 
 __all__ = list(_LAZY)

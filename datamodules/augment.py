@@ -142,6 +142,18 @@ class Normalize(torch.nn.Module):
         return to_normalized(images, self.mean, self.std)
 
 
+class TwoViews(torch.nn.Module):
+    """Two independent draws of ``transform`` per image, as ``image`` and ``image2``: the two augmented
+    views that MixMatch-style methods (DivideMix) average their guesses over."""
+
+    def __init__(self, transform: torch.nn.Module):
+        super().__init__()
+        self.transform = transform
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"image": self.transform(images), "image2": self.transform(images)}
+
+
 # name -> factory(mean, std) of the training-time transform. A transform returns
 # either a tensor (it replaces ``batch["image"]``) or a dict merged into the batch
 # (e.g. two SimCLR views).
@@ -156,6 +168,7 @@ TRAIN_AUGMENTATIONS = {
     "crop2_flip": lambda mean, std: CropFlip(mean, std, padding=2),  # airbench's 2 px translation
     "crop2_altflip": lambda mean, std: CropFlip(mean, std, padding=2, alternate_flip=True),  # and its flip
     "none": lambda mean, std: Normalize(mean, std),
+    "crop_flip_twice": lambda mean, std: TwoViews(CropFlip(mean, std)),  # ``image`` and ``image2`` (DivideMix)
     "simclr": _simclr,  # two views {"view1", "view2"} (datamodules/simclr_augment.py)
 }
 

@@ -413,6 +413,12 @@ class NoisyImageFolder(NoisyCIFAR):
         bs = min(self.hparams.meta_batch_size or self.hparams.batch_size, len(ds))
         return self._loader(ds, shuffle=True, batch_size=bs)
 
+    def train_eval_dataloader(self) -> DataLoader:
+        """The training images in order, not augmented (apply ``eval_transform``), each once over all
+        processes: for methods that score every training sample (DivideMix's per-sample losses)."""
+        ds = self._dataset(self._train, self.noisy_targets, self.clean_targets, self.train_indices)
+        return self._loader(ds, shuffle=False, batch_size=2 * self.hparams.batch_size)
+
     def val_dataloader(self) -> DataLoader:
         if self._val is None:  # held out of train: noisy labels unless val_clean_labels
             targets = self.clean_targets if self.hparams.val_clean_labels else self.noisy_targets

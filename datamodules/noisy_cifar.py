@@ -13,6 +13,7 @@ from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import DataLoader
 
 from . import augment, cifar_source, noise
+from .folds import check_folds, split_fold
 from .meta_split import select_meta
 from .batches import IndexedTensorDataset, keep_batch
 from .resumable import make_loader
@@ -41,7 +42,8 @@ class NoisyCIFAR(pl.LightningDataModule):
         human_label_set: which human labels (CIFAR-10N: aggre, worst, random1..3; CIFAR-100N: noisy).
         noisy_labels_path: a ``noisy_labels.npz`` written by an earlier run, to reuse its exact noise.
         augmentation: training transform, run batched on the device: ``crop_flip`` (4 px
-            reflect-padded crop + flip) or ``none``; see ``augment.TRAIN_AUGMENTATIONS``.
+            reflect-padded crop + flip), ``crop_flip_twice`` (two such views, ``image`` and ``image2``:
+            DivideMix) or ``none``; see ``augment.TRAIN_AUGMENTATIONS``.
         meta_size: clean *meta set* images per class (Meta-Weight-Net), taken from the training set
             (never from validation) with their clean labels and excluded from training. When > 0,
             ``train_dataloader`` yields ``{"train": batch, "meta": batch}`` (the meta loader cycles).
@@ -49,6 +51,10 @@ class NoisyCIFAR(pl.LightningDataModule):
         meta_batch_size: meta batch size (default: ``batch_size``, capped at the meta-set size).
         resident_on_device: keep the images and labels on the training device (the whole of CIFAR is
             150 MB of uint8) and make batches there: no host-to-device copy per batch. Needs num_workers 0.
+        num_folds, fold: K-fold cross-validation (``scripts/confident_learning.py``): the training set
+            (after ``train_subset``) is split into ``num_folds`` folds (seeded by ``split_seed``); fold
+            ``fold`` is held out (``heldout_indices``, ``heldout_dataloader()``) and the rest trained on.
+            0 folds: off.
     """
 
     spec: cifar_source.CifarSpec
@@ -77,9 +83,12 @@ class NoisyCIFAR(pl.LightningDataModule):
         meta_seed: int = 0,
         meta_batch_size: int | None = None,
         resident_on_device: bool = False,
+        num_folds: int = 0,
+        fold: int = 0,
     ):
         super().__init__()
         self.save_hyperparameters()
+        check_folds(num_folds, fold)
         noise.check_noise_type(noise_type)
         noise.check_noise_rate(noise_rate)
         if noise_type in ("clean", "human") and noise_rate != 0:
@@ -204,6 +213,10 @@ class NoisyCIFAR(pl.LightningDataModule):
                 )
             self.train_indices = self.train_indices[: self.hparams.train_subset]
         self.train_indices = self.train_indices.sort().values
+        if self.hparams.num_folds:
+            self.train_indices, self.heldout_indices = split_fold(
+                self.train_indices, self.hparams.num_folds, self.hparams.fold, self.hparams.split_seed
+            )
 
     def _save_noisy_labels(self) -> None:
         trainer = self.trainer
@@ -253,6 +266,19 @@ class NoisyCIFAR(pl.LightningDataModule):
         ds = IndexedTensorDataset(self._train.images, self.clean_targets, self.clean_targets, self.meta_indices)
         bs = min(self.hparams.meta_batch_size or self.hparams.batch_size, len(ds))
         return self._loader(ds, shuffle=True, batch_size=bs)
+
+    def train_eval_dataloader(self) -> DataLoader:
+        """The training images in order, not augmented (apply ``eval_transform``), each once over all
+        processes: for methods that score every training sample (DivideMix's per-sample losses)."""
+        ds = IndexedTensorDataset(self._train.images, self.noisy_targets, self.clean_targets, self.train_indices)
+        return self._loader(ds, shuffle=False, batch_size=2 * self.hparams.batch_size)
+
+    def heldout_dataloader(self) -> DataLoader:
+        """The held-out cross-validation fold, in order, not augmented (apply ``eval_transform``)."""
+        if not self.hparams.num_folds:
+            raise ValueError("heldout_dataloader needs num_folds >= 2 (cross-validation)")
+        ds = IndexedTensorDataset(self._train.images, self.noisy_targets, self.clean_targets, self.heldout_indices)
+        return self._loader(ds, shuffle=False, batch_size=2 * self.hparams.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         targets = self.clean_targets if self.hparams.val_clean_labels else self.noisy_targets

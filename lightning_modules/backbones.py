@@ -270,4 +270,45 @@ def output_size(model: nn.Module, image_shape: tuple[int, int, int]) -> int:
     return int(out.shape[-1])
 
 
-__all__ = ["Backbone", "CNN", "SmallVGG", "LeNet", "ConvNet3", "ConvNet6", "ResNet", "MLP", "AirbenchNet"]
+__all__ = ["Backbone", "CNN", "SmallVGG", "LeNet", "ConvNet3", "ConvNet6", "ResNet", "MLP", "AirbenchNet",
+           "PreActResNet18"]
+
+
+class PreActBlock(nn.Module):
+    """Pre-activation basic block (He et al. 2016): BN-ReLU-conv twice. As in DivideMix's ``PreResNet.py``,
+    the identity shortcut too carries the activated input ``relu(bn1(x))``, not ``x``."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.shortcut = (nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
+                         if stride != 1 or cin != cout else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if self.shortcut is not None else out  # as the reference: not ``x``
+        out = self.conv2(torch.relu(self.bn2(self.conv1(out))))
+        return out + shortcut
+
+
+class PreActResNet18(Backbone):
+    """The PreAct ResNet-18 of DivideMix (``PreResNet.py`` of github.com/LiJunnan1992/DivideMix): 3x3
+    stem conv + BN + ReLU, four stages of two pre-activation blocks (64-128-256-512, stride 1-2-2-2),
+    global average pool, linear; about 11.2 M parameters. ``width`` scales the channels (1.0 = paper)."""
+
+    def __init__(self, input_channel: int = 3, n_outputs: int = 10, width: float = 1.0):
+        super().__init__()
+        widths = [_scaled(c, width) for c in (64, 128, 256, 512)]
+        layers: list[nn.Module] = [nn.Conv2d(input_channel, widths[0], 3, padding=1, bias=False),
+                                   nn.BatchNorm2d(widths[0]), nn.ReLU()]
+        cin = widths[0]
+        for i, cout in enumerate(widths):
+            layers += [PreActBlock(cin, cout, 1 if i == 0 else 2), PreActBlock(cout, cout)]
+            cin = cout
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.features = nn.Sequential(*layers)
+        self.feature_dim = cin
+        self.head = nn.Linear(cin, n_outputs)

@@ -32,6 +32,7 @@ from .optim_groups import scale_norm_groups, split_norm_groups
 from .pretrained import load_backbone_weights
 from .schedules import ScheduleName, build_scheduler, check_schedule
 from .tta import TTA, check_tta, tta_logits
+from .sample_scores import score_training_set
 
 Mode = Literal["coteaching", "coteaching_plus"]
 EvalNetwork = Literal[1, 2, "mean"]
@@ -119,6 +120,7 @@ class CoTeaching(EvaluationMixin, pl.LightningModule):
                 load_backbone_weights(net, init_from)
         self.forget_rate: float | None = None if forget_rate in (None, "auto") else float(forget_rate)
         self._loss_record: torch.Tensor | None = None  # per-sample losses while estimating the rate
+        self._selection: torch.Tensor | None = None  # [2, N]: network-picks offered, network-picks made
         self.val_acc_nets = nn.ModuleList([MulticlassAccuracy(num_classes, average="micro") for _ in range(2)])
         self.test_acc_nets = nn.ModuleList([MulticlassAccuracy(num_classes, average="micro") for _ in range(2)])
         self.init_eval_metrics(num_classes)
@@ -210,11 +212,38 @@ class CoTeaching(EvaluationMixin, pl.LightningModule):
         if self.optimizer_factory is not None:
             for scheduler in self.lr_schedulers():
                 scheduler.step()
+        self._count_selection(batch["index"], out["pick1"], out["pick2"])
         loss1 = out["loss1"].detach()
         if self._loss_record is not None:
             self._loss_record[batch["index"].to(self._loss_record.device)] = loss1.to(self._loss_record)
         self._log_train(batch, out, rate)
         return {"loss": loss1.mean(), "per_sample_loss": loss1, "logits": out["logits1"].detach()}
+
+    def _count_selection(self, index: torch.Tensor, pick1: torch.Tensor, pick2: torch.Tensor) -> None:
+        """Count how often each sample was in a network's small-loss pick (its clean score for detection)."""
+        if self._selection is None:
+            targets = getattr(self.trainer.datamodule, "noisy_targets", None)  # one slot per sample index
+            if targets is None:
+                return  # a datamodule without sample indices: no counts (detection_scores then refuses)
+            self._selection = torch.zeros(2, len(targets), device=self.device)
+        self._selection[0, index] += 2  # two networks each offered the sample a place in their pick
+        self._selection[1, index[pick1]] += 1
+        self._selection[1, index[pick2]] += 1
+
+    def detection_scores(self) -> dict[str, torch.Tensor]:
+        """Per training sample: ``score``, the fraction of (network, step) picks that selected it over the
+        whole run, and ``suggested``, the evaluated network's prediction (eval mode, no augmentation).
+        A collective under DDP (``callbacks.detection``)."""
+        if self._selection is None:
+            raise ValueError("co-teaching has no selection counts yet: detection_scores needs a trained model")
+        counts = self.trainer.strategy.reduce(self._selection.clone(), reduce_op="sum")  # each process its share
+        was_training = self.training
+        self.eval()
+        pred = score_training_set(self, lambda x, y: {"pred": self(x).argmax(1)})["pred"]
+        self.train(was_training)
+        index = self.trainer.datamodule.train_indices.to(counts.device)
+        score = counts[1, index] / counts[0, index].clamp_min(1)
+        return {"index": index.cpu(), "score": score.cpu(), "suggested": pred[index].long().cpu()}
 
     def _log_train(self, batch: dict, out: dict, rate: float) -> None:
         n = len(batch["target"])
@@ -292,6 +321,7 @@ class CoTeaching(EvaluationMixin, pl.LightningModule):
         checkpoint[CKPT_KEY] = {
             "forget_rate": self.forget_rate,
             "loss_record": None if self._loss_record is None else self._loss_record.cpu(),
+            "selection": None if self._selection is None else self._selection.cpu(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -301,6 +331,8 @@ class CoTeaching(EvaluationMixin, pl.LightningModule):
         self.forget_rate = state["forget_rate"]
         record = state.get("loss_record")
         self._loss_record = None if record is None else record.to(self.device)
+        selection = state.get("selection")
+        self._selection = None if selection is None else selection.to(self.device)
 
 def check_arguments(
     forget_rate, num_gradual, exponent, mode, init_epoch, lr, epoch_decay_start, beta1, beta1_decayed,

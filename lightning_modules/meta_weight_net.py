@@ -40,6 +40,7 @@ from .classifier import check_backbone
 from .evaluation import EvaluationMixin
 from .losses import check_loss, classification_loss, generalized_cross_entropy
 from .pretrained import load_backbone_weights
+from .sample_scores import score_training_set
 from .schedules import ScheduleName, build_scheduler, check_schedule
 
 WeightNorm = Literal["sum", "batch", "none"]
@@ -232,6 +233,23 @@ class MetaWeightNet(EvaluationMixin, pl.LightningModule):
         if flipped.any() and (~flipped).any():
             self.log("train/weight_flipped", weights[flipped].mean(), on_step=False, on_epoch=True, batch_size=n)
             self.log("train/weight_correct", weights[~flipped].mean(), on_step=False, on_epoch=True, batch_size=n)
+
+    def detection_scores(self) -> dict[str, torch.Tensor]:
+        """Per training sample: ``score``, the weight the final weighting net gives the sample's loss under
+        the final classifier (eval mode, no augmentation), and ``suggested``, the predicted label.
+        A collective under DDP (``callbacks.detection``)."""
+
+        def score_batch(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+            logits = self.backbone(x).float()
+            return {"score": self.weighting_net(self.per_sample_loss(logits, y).float()), "pred": logits.argmax(1)}
+
+        was_training = self.training
+        self.eval()
+        scored = score_training_set(self, score_batch)
+        self.train(was_training)
+        index = self.trainer.datamodule.train_indices
+        return {"index": index.cpu(), "score": scored["score"].cpu()[index],
+                "suggested": scored["pred"].cpu()[index].long()}
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -125,13 +125,13 @@ def test_help_lists_subcommands_model_and_data_arguments(capsys, monkeypatch):
 def _stack_for(config: Path) -> list[Path]:
     """The --config files a YAML is meant to be used with.
 
-    A full config (``model`` and ``data``) stands alone. A partial one is stacked as
+    A full config (``model`` and ``data`` with their ``class_path``) stands alone. A partial one is stacked as
     its header comment says (``--config A --config B`` or "stack on A.yaml"); without
     either, on configs/quick.yaml.
     """
     text = config.read_text()
     body = yaml.safe_load(text) or {}
-    if "model" in body and "data" in body:
+    if (body.get("model") or {}).get("class_path") and (body.get("data") or {}).get("class_path"):
         return [config]
     header = " ".join(line.lstrip("#").rstrip("\\").strip() for line in text.splitlines() if line.startswith("#"))
     named = [(REPO / p).resolve() for p in re.findall(r"(?:--config|[Ss]tack(?:ed)? on)\s+(\S+\.yaml)", header)]

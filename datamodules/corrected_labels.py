@@ -1,0 +1,52 @@
+"""A corrected ``noisy_labels.npz``: the labels of a run with some samples relabelled, in the format
+``data.noisy_labels_path`` reads, so that any method can train on the cleaned labels."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import noise
+
+
+def write_corrected_labels(source: Path, out: Path, index: np.ndarray, new_labels: np.ndarray) -> dict:
+    """Copy ``source`` (a run's ``noisy_labels.npz``) to ``out`` with ``noisy_targets[index] = new_labels``;
+    ``noise_selected``, the (empirical) transition matrix and ``actual_noise_rate`` are recomputed from
+    the new labels. Returns the measured noise rate before and after (against the clean labels)."""
+    with np.load(source, allow_pickle=False) as z:
+        data = {k: z[k] for k in z.files}
+    missing = {"noisy_targets", "clean_targets"} - set(data)
+    if missing:
+        raise ValueError(f"{source} lacks {sorted(missing)}: not a noisy_labels.npz written by a run")
+    noisy, clean = data["noisy_targets"].copy(), data["clean_targets"]
+    index, new_labels = np.asarray(index, dtype=np.int64), np.asarray(new_labels, dtype=noisy.dtype)
+    if index.shape != new_labels.shape or (len(index) and (index.min() < 0 or index.max() >= len(noisy))):
+        raise ValueError(f"index and new_labels must have one shape and indices in 0..{len(noisy) - 1}")
+    num_classes = int(data["transition_matrix"].shape[0]) if "transition_matrix" in data else int(noisy.max()) + 1
+    if len(new_labels) and (new_labels.min() < 0 or new_labels.max() >= num_classes):
+        raise ValueError(f"new labels must be in 0..{num_classes - 1}")
+    before = float((noisy != clean).mean())
+    changed = int((noisy[index] != new_labels).sum())
+    noisy[index] = new_labels
+    data["noisy_targets"] = noisy
+    data["noise_selected"] = noisy != clean
+    data["transition_matrix"] = noise.empirical_transition_matrix(
+        torch.from_numpy(clean), torch.from_numpy(noisy), num_classes).numpy()
+    data["actual_noise_rate"] = np.array((noisy != clean).mean())
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".noisy_labels.", suffix=".npz")
+    os.close(fd)
+    try:
+        np.savez(tmp, **data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return {"noise_rate_before": before, "noise_rate_after": float((noisy != clean).mean()),
+            "relabelled": int(len(index)), "changed": changed}
