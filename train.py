@@ -10,24 +10,75 @@ overridden on the command line. After ``fit`` the test set is evaluated twice:
 with the last checkpoint (``test/*``) and with the checkpoint of best *noisy*
 validation accuracy (``test_best/*``); never by picking the best test epoch.
 Both go to TensorBoard and to ``test_results.json`` next to the run's logs.
+
+A configuration or data error found before training (a constructor check, the
+data or the checkpoint named by the config) prints one ``error:`` line naming
+the argument, the value and what is allowed, exits with code 2 and removes the
+run folder it had created; ``--debug`` (or ``NOISY_DEBUG=1``) shows the full
+traceback instead.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import logging.handlers
+import os
+import re
+import shutil
+import sys
 from pathlib import Path
+from types import TracebackType
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import LearningRateMonitor
+from jsonargparse import ArgumentError
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities.model_helpers import is_overridden
 
-from callbacks.atomic_checkpoint import with_atomic_checkpoint_io
+from callbacks.atomic_checkpoint import unreadable_checkpoint, with_atomic_checkpoint_io
 from callbacks.best_and_last import BestAndLastCheckpoint
 from callbacks.exact_resume import ExactResume
 
 
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "NOISY_DEBUG"
+INPUT_ERROR_EXIT_CODE = 2
+# exceptions that, raised before the first optimiser step, mean a bad configuration, data or checkpoint
+INPUT_ERRORS = (ValueError, TypeError, KeyError, LookupError, OSError, RuntimeError, ImportError)
+_WRAPPER_PACKAGES = (os.sep + "jsonargparse" + os.sep,)
+
+
 class NoisyLabelCLI(LightningCLI):
+    def __init__(self, *args, started: list | None = None, held_logs: "HeldLogs | None" = None, **kwargs):
+        """``started``: a list this CLI appends itself to before parsing, so that ``main`` can clean up
+        after an error raised inside the constructor (LightningCLI runs the subcommand there).
+        ``held_logs``: Lightning's start-up lines, released when the run starts (``ReleaseHeldLogs``)."""
+        self.run_folders: list[RunFolder] = []  # the loggers' folders as they were before the trainer ran
+        self.held_logs = held_logs
+        if started is not None:
+            started.append(self)
+        super().__init__(*args, **kwargs)
+
+    def init_parser(self, **kwargs) -> LightningArgumentParser:
+        """Usage errors are raised (and reported by ``main`` in one line), not printed after the full usage."""
+        kwargs.setdefault("exit_on_error", False)
+        return super().init_parser(**kwargs)
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI reads ``--ckpt_path``'s hyper-parameters with a bare ``torch.load`` before anything
+        else; a truncated or foreign file gets the same clear error as Lightning's own loading here."""
+        try:
+            super()._parse_ckpt_path()
+        except (RuntimeError, KeyError, ValueError, EOFError, OSError) as err:
+            path = self.config[self.config.subcommand].get("ckpt_path")
+            raise unreadable_checkpoint(path, err) from err
+
+    def _note_run_folders(self) -> None:
+        self.run_folders = [RunFolder.before_run(lg) for lg in self.trainer.loggers if hasattr(lg, "root_dir")]
+
+    before_fit = before_validate = before_test = before_predict = _note_run_folders
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(BestAndLastCheckpoint, "checkpoint")
         parser.set_defaults(
@@ -45,7 +96,10 @@ class NoisyLabelCLI(LightningCLI):
         """Checkpoints are written atomically unless the config names its own CheckpointIO plugin."""
         plugins = kwargs.get("plugins", self._get(self.config_init, "trainer", default={}).get("plugins"))
         kwargs["plugins"] = with_atomic_checkpoint_io(plugins)
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        if self.held_logs is not None:
+            trainer.callbacks.append(ReleaseHeldLogs(self.held_logs))
+        return trainer
 
     def after_fit(self) -> None:
         trainer, model, dm = self.trainer, self.model, self.datamodule
@@ -76,8 +130,162 @@ class NoisyLabelCLI(LightningCLI):
                     print(f"{prefix}: acc {acc:.4f}  macro-F1 {r.get(f'{prefix}/f1', float('nan')):.4f}  ({r['checkpoint']})")
 
 
+class HeldLogs:
+    """Holds the start-up lines of Lightning's loggers (devices, tips, "Restoring states ...") until the
+    run starts, so that an input error found while setting up is the first line the user sees."""
+
+    NAMES = ("pytorch_lightning", "lightning_fabric")
+
+    def __init__(self):
+        self.buffer = logging.handlers.BufferingHandler(capacity=10_000)
+        self.saved: dict[str, list[logging.Handler]] | None = None
+
+    def hold(self) -> None:
+        self.saved = {}
+        for name in self.NAMES:
+            lg = logging.getLogger(name)
+            self.saved[name] = lg.handlers[:]
+            lg.handlers = [self.buffer]
+
+    def release(self, discard: bool = False) -> None:
+        """Restore the loggers' own handlers and (unless ``discard``) pass them what was held."""
+        if self.saved is None:
+            return
+        for name, handlers in self.saved.items():
+            logging.getLogger(name).handlers = handlers
+        if not discard:
+            for record in self.buffer.buffer:
+                for handler in self.saved.get(record.name.split(".")[0], []):
+                    if record.levelno >= handler.level:
+                        handler.handle(record)
+        self.buffer.buffer.clear()
+        self.saved = None
+
+
+class ReleaseHeldLogs(pl.Callback):
+    """Prints the held start-up lines once the run starts (training, validation, testing or predicting)."""
+
+    def __init__(self, held: HeldLogs):
+        self.held = held
+
+    def _release(self, *args) -> None:
+        self.held.release()
+
+    on_train_start = on_validation_start = on_test_start = on_predict_start = _release
+
+
+class RunFolder:
+    """A logger's run folder, and whether this run created it (then an input error removes it again)."""
+
+    def __init__(self, logger, existing: set[str], created_dirs: list[Path]):
+        self.logger, self.existing, self.created_dirs = logger, existing, created_dirs
+
+    @classmethod
+    def before_run(cls, logger) -> "RunFolder":
+        # names only: resolving the logger's version here could differ between DDP processes
+        root = Path(logger.root_dir)
+        existing = {p.name for p in root.iterdir()} if root.is_dir() else set()
+        missing = [d for d in (root, root.parent) if not d.exists()]
+        return cls(logger, existing, missing)
+
+    def remove_if_new(self) -> None:
+        """Remove the run folder (and the parents) this run created; a folder that existed is kept."""
+        if getattr(self.logger, "_version", None) is None:  # nothing was written: the version was never resolved
+            return
+        log_dir = Path(self.logger.log_dir)
+        if log_dir.parent == Path(self.logger.root_dir) and log_dir.name not in self.existing and log_dir.is_dir():
+            shutil.rmtree(log_dir, ignore_errors=True)
+        for d in self.created_dirs:
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+
+
+def _raised_in_wrapper(err: BaseException) -> bool:
+    tb: TracebackType | None = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and any(w in tb.tb_frame.f_code.co_filename for w in _WRAPPER_PACKAGES)
+
+
+def user_message(err: BaseException) -> str:
+    """The message of the check that failed, past jsonargparse's wrappers ("Does not validate against any
+    of the Union subtypes ...", namespace dumps), prefixed with the argument's full key when the parser
+    names it (``data.init_args.batch_size: Expected a <class 'int'>. Got value: many``)."""
+    keys: list[str] = []
+    in_class = False  # a "Problem with given class_path" between two keys: the inner key is an init_arg
+    while True:
+        key = _PARSER_KEY.match(str(err))
+        if key and (not keys or keys[-1] != key.group(1)):
+            keys += ["init_args", key.group(1)] if keys and in_class else [key.group(1)]
+            in_class = False
+        in_class = in_class or str(err).startswith(_CLASS_PATH)
+        if not (_raised_in_wrapper(err) and isinstance(err.__cause__, Exception)):
+            break
+        err = err.__cause__
+    message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    message = message.strip() or type(err).__name__
+    return f"{'.'.join(keys)}: {message}" if keys else message
+
+
+_PARSER_KEY = re.compile(r'^Parser key "([^"]+)":')
+_CLASS_PATH = "Problem with given class_path"
+
+
+def _before_training(cli: NoisyLabelCLI | None) -> bool:
+    trainer = getattr(cli, "trainer", None)
+    return trainer is None or trainer.global_step == 0
+
+
+def _split_debug_flag(args: list[str] | None) -> tuple[list[str] | None, bool]:
+    argv = sys.argv[1:] if args is None else list(args)
+    debug = DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    if DEBUG_FLAG not in argv:
+        return args, debug
+    return [a for a in argv if a != DEBUG_FLAG], debug
+
+
 def main(args: list[str] | None = None, run: bool = True) -> NoisyLabelCLI:
-    """Parse ``args`` (default: sys.argv) and run the subcommand; ``run=False`` only instantiates (tests)."""
+    """Parse ``args`` (default: sys.argv) and run the subcommand; ``run=False`` only instantiates (tests).
+
+    An input error before training exits with code 2 after one ``error:`` line on stderr (see the
+    module docstring); ``--debug`` anywhere on the command line, or ``NOISY_DEBUG=1``, re-raises it.
+    """
+    args, debug = _split_debug_flag(args)
+    # the seed is in the run's config.yaml; the log line would come before an error message
+    logging.getLogger("lightning_fabric.utilities.seed").setLevel(logging.WARNING)
+    started: list[NoisyLabelCLI] = []
+    held = HeldLogs()
+    if not debug:
+        held.hold()
+    try:
+        return _run_cli(args, run, started, held)
+    except ArgumentError as err:  # a usage error: unknown argument, wrong type, unknown class
+        if debug:
+            raise
+        held.release(discard=True)
+        _report(user_message(err), hint="see `train.py fit --help` for the arguments")
+    except INPUT_ERRORS as err:
+        cli = started[0] if started else None
+        if debug or not _before_training(cli):
+            raise
+        held.release(discard=True)
+        for folder in getattr(cli, "run_folders", []):
+            folder.remove_if_new()
+        _report(user_message(err))
+    finally:
+        held.release()
+    sys.exit(INPUT_ERROR_EXIT_CODE)
+
+
+def _report(message: str, hint: str = "") -> None:
+    lines = [f"error: {message}"]
+    if hint:
+        lines.append(f"({hint})")
+    lines.append(f"(run with {DEBUG_FLAG} or {DEBUG_ENV}=1 for the full traceback)")
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def _run_cli(args: list[str] | None, run: bool, started: list, held: HeldLogs) -> NoisyLabelCLI:
     return NoisyLabelCLI(
         model_class=pl.LightningModule,
         datamodule_class=pl.LightningDataModule,
@@ -95,6 +303,8 @@ def main(args: list[str] | None = None, run: bool = True) -> NoisyLabelCLI:
         },
         args=args,
         run=run,
+        started=started,
+        held_logs=held,
     )
 
 
