@@ -9,9 +9,13 @@ gone. ``test_docs_table_shows_the_first_line_of_every_cli_case`` keeps docs/bad_
 
 from __future__ import annotations
 
+import pickle
 import re
 import shutil
+import socket
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +131,27 @@ def test_corrupt_batch_file(capfd, tmp_path, fake_cifar10_dir, monkeypatch):
     batch.write_bytes(batch.read_bytes()[:100])
     first = _fail(capfd, tmp_path, _tiny_config(tmp_path, data), [])
     assert re.search(r"^error: cannot read .*data_batch_1: not a valid CIFAR pickle", first), first
+
+
+def test_pickled_noisy_labels_path(capfd, tmp_path, fake_cifar10_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "labels.npz").write_bytes(pickle.dumps({"noisy_targets": [0, 1]}))
+    first = _fail(capfd, tmp_path, _tiny_config(tmp_path, fake_cifar10_dir),
+                  ["--data.init_args.noisy_labels_path", "labels.npz"])
+    assert first.startswith("error: noisy_labels_path labels.npz is a Python pickle, which is never unpickled here; "
+                            "expected a noisy_labels.npz written by a run"), first
+
+
+def test_download_without_network(capfd, tmp_path, monkeypatch):
+    def no_network(url, *args, **kwargs):
+        raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    monkeypatch.chdir(tmp_path)
+    first = _fail(capfd, tmp_path, _tiny_config(tmp_path, tmp_path / "data"), ["--data.init_args.download", "true"])
+    assert re.search(r"^error: cannot download CIFAR-10 from https://www\.cs\.toronto\.edu/~kriz/cifar-10-python\.tar\.gz "
+                     r"\(\[Errno -2\] Name or service not known\)\. Without network access, download that file elsewhere "
+                     r"and put it in .*data as cifar-10-python\.tar\.gz \(md5 c58f30108f718f92721af3b95e74349a\)", first), first
 
 
 # ------------------------------------------------------------------- checkpoints
