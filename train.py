@@ -15,7 +15,9 @@ A configuration or data error found before training (a constructor check, the
 data or the checkpoint named by the config) prints one ``error:`` line naming
 the argument, the value and what is allowed, exits with code 2 and removes the
 run folder it had created; ``--debug`` (or ``NOISY_DEBUG=1``) shows the full
-traceback instead.
+traceback instead. A NaN or infinite training loss stops the run the same way
+(exit code 1, run folder and its last good checkpoint kept; ``--finite_loss.enabled
+false`` turns the check off: ``callbacks/finite_loss.py``).
 """
 
 from __future__ import annotations
@@ -39,11 +41,13 @@ from pytorch_lightning.utilities.model_helpers import is_overridden
 from callbacks.atomic_checkpoint import unreadable_checkpoint, with_atomic_checkpoint_io
 from callbacks.best_and_last import BestAndLastCheckpoint
 from callbacks.exact_resume import ExactResume
+from callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
 
 
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "NOISY_DEBUG"
 INPUT_ERROR_EXIT_CODE = 2
+DIVERGED_EXIT_CODE = 1
 # exceptions that, raised before the first optimiser step, mean a bad configuration, data or checkpoint
 INPUT_ERRORS = (ValueError, TypeError, KeyError, LookupError, OSError, RuntimeError, ImportError)
 _WRAPPER_PACKAGES = (os.sep + "jsonargparse" + os.sep,)
@@ -90,6 +94,7 @@ class NoisyLabelCLI(LightningCLI):
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
+        parser.add_lightning_class_args(FiniteLossGuard, "finite_loss")
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
 
     def instantiate_trainer(self, **kwargs) -> pl.Trainer:
@@ -259,6 +264,11 @@ def main(args: list[str] | None = None, run: bool = True) -> NoisyLabelCLI:
         held.hold()
     try:
         return _run_cli(args, run, started, held)
+    except NonFiniteLossError as err:  # a diverged run: the message says where and which checkpoint is good
+        if debug:
+            raise
+        _report(str(err))
+        sys.exit(DIVERGED_EXIT_CODE)
     except ArgumentError as err:  # a usage error: unknown argument, wrong type, unknown class
         if debug:
             raise
