@@ -303,6 +303,9 @@ def _run_cli(args: list[str] | None, run: bool, started: list, held: HeldLogs) -
         subclass_mode_data=True,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
+        # optimisers and schedules are arguments of each method (two-optimiser methods build their own);
+        # LightningCLI's top-level --optimizer/--lr_scheduler would replace configure_optimizers
+        auto_configure_optimizers=False,
         trainer_defaults={
             "logger": {
                 "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
