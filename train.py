@@ -26,6 +26,7 @@ import json
 import logging
 import logging.handlers
 import os
+import pickle
 import re
 import shutil
 import sys
@@ -33,7 +34,9 @@ from pathlib import Path
 from types import TracebackType
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import LearningRateMonitor
+from pytorch_lightning.loggers import TensorBoardLogger
 from jsonargparse import ArgumentError
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities.model_helpers import is_overridden
@@ -42,6 +45,7 @@ from callbacks.atomic_checkpoint import unreadable_checkpoint, with_atomic_check
 from callbacks.best_and_last import BestAndLastCheckpoint
 from callbacks.exact_resume import ExactResume
 from callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
+from callbacks.hparams import HParamsMetrics
 
 
 DEBUG_FLAG = "--debug"
@@ -70,13 +74,30 @@ class NoisyLabelCLI(LightningCLI):
         return super().init_parser(**kwargs)
 
     def _parse_ckpt_path(self) -> None:
-        """LightningCLI reads ``--ckpt_path``'s hyper-parameters with a bare ``torch.load`` before anything
-        else; a truncated or foreign file gets the same clear error as Lightning's own loading here."""
+        """LightningCLI's merge of ``--ckpt_path``'s hyper-parameters into the model config, except:
+
+        - a truncated or foreign file gets the same clear error as Lightning's own loading;
+        - the checkpoint's ``backbone`` spec (saved for ``load_from_checkpoint``) is used only when the
+          config names none: a backbone given in the config is built, and a checkpoint of another
+          architecture is then a clear state-dict error instead of a silent switch of network.
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
         try:
-            super()._parse_ckpt_path()
-        except (RuntimeError, KeyError, ValueError, EOFError, OSError) as err:
-            path = self.config[self.config.subcommand].get("ckpt_path")
-            raise unreadable_checkpoint(path, err) from err
+            ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+        except (RuntimeError, KeyError, ValueError, EOFError, OSError, pickle.UnpicklingError) as err:
+            raise unreadable_checkpoint(ckpt_path, err) from err
+        hparams = dict(ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {})
+        hparams.pop("_instantiator", None)
+        if self.config[subcommand].get("model.init_args.backbone") is not None:
+            hparams.pop("backbone", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
 
     def _note_run_folders(self) -> None:
         self.run_folders = [RunFolder.before_run(lg) for lg in self.trainer.loggers if hasattr(lg, "root_dir")]
@@ -102,6 +123,7 @@ class NoisyLabelCLI(LightningCLI):
         plugins = kwargs.get("plugins", self._get(self.config_init, "trainer", default={}).get("plugins"))
         kwargs["plugins"] = with_atomic_checkpoint_io(plugins)
         trainer = super().instantiate_trainer(**kwargs)
+        with_hparams_metrics(trainer)
         if self.held_logs is not None:
             trainer.callbacks.append(ReleaseHeldLogs(self.held_logs))
         return trainer
@@ -133,6 +155,18 @@ class NoisyLabelCLI(LightningCLI):
                 acc = r.get(f"{prefix}/acc")
                 if acc is not None:
                     print(f"{prefix}: acc {acc:.4f}  macro-F1 {r.get(f'{prefix}/f1', float('nan')):.4f}  ({r['checkpoint']})")
+
+
+def with_hparams_metrics(trainer: pl.Trainer) -> None:
+    """A TensorBoard run registers its real metrics (val/acc, test/acc, ...) in the HParams view
+    (``callbacks.hparams.HParamsMetrics``) instead of Lightning's ``hp_metric`` placeholder of -1."""
+    tensorboards = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+    if not tensorboards:
+        return
+    for logger in tensorboards:
+        logger._default_hp_metric = False  # what TensorBoardLogger(default_hp_metric=False) sets
+    if not any(isinstance(cb, HParamsMetrics) for cb in trainer.callbacks):
+        trainer.callbacks.append(HParamsMetrics())
 
 
 class HeldLogs:
@@ -241,12 +275,41 @@ def _before_training(cli: NoisyLabelCLI | None) -> bool:
     return trainer is None or trainer.global_step == 0
 
 
-def _split_debug_flag(args: list[str] | None) -> tuple[list[str] | None, bool]:
+def packaged_config(path: str) -> str:
+    """``configs/X.yaml`` from the installed package when the working directory has no such file
+    (``noisy-train`` after a non-editable ``pip install .``); any other path as it is."""
+    if Path(path).exists() or not path.replace("\\", "/").startswith("configs/"):
+        return path
+    try:
+        import configs
+    except ImportError:
+        return path
+    packaged = Path(configs.__file__).parent / path.split("/", 1)[1]
+    return str(packaged) if packaged.is_file() else path
+
+
+def _with_packaged_configs(argv: list[str]) -> list[str]:
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg in ("--config", "-c") and i + 1 < len(out):
+            out[i + 1] = packaged_config(out[i + 1])
+        elif arg.startswith("--config="):
+            out[i] = "--config=" + packaged_config(arg.split("=", 1)[1])
+    return out
+
+
+def _prepare_args(args: list[str] | None) -> tuple[list[str] | None, bool]:
+    """Remove ``--debug`` and point ``--config configs/...`` at the packaged configs when needed.
+
+    Command-line arguments are rewritten in ``sys.argv`` (LightningCLI warns when it gets ``args``
+    while ``sys.argv`` holds arguments too)."""
     argv = sys.argv[1:] if args is None else list(args)
     debug = DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
-    if DEBUG_FLAG not in argv:
-        return args, debug
-    return [a for a in argv if a != DEBUG_FLAG], debug
+    cleaned = _with_packaged_configs([a for a in argv if a != DEBUG_FLAG])
+    if args is not None:
+        return cleaned, debug
+    sys.argv[1:] = cleaned
+    return None, debug
 
 
 def main(args: list[str] | None = None, run: bool = True) -> NoisyLabelCLI:
@@ -255,7 +318,7 @@ def main(args: list[str] | None = None, run: bool = True) -> NoisyLabelCLI:
     An input error before training exits with code 2 after one ``error:`` line on stderr (see the
     module docstring); ``--debug`` anywhere on the command line, or ``NOISY_DEBUG=1``, re-raises it.
     """
-    args, debug = _split_debug_flag(args)
+    args, debug = _prepare_args(args)
     # the seed is in the run's config.yaml; the log line would come before an error message
     logging.getLogger("lightning_fabric.utilities.seed").setLevel(logging.WARNING)
     started: list[NoisyLabelCLI] = []

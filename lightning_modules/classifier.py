@@ -68,12 +68,15 @@ class Classifier(EvaluationMixin, pl.LightningModule):
         lr_scheduler_monitor: str = "val/loss",
     ):
         super().__init__()
+        backbone = bb.from_spec(backbone)  # a module, or its spec from a checkpoint's hyper-parameters
         check_loss(loss, gce_q)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         check_schedule(lr_schedule, warmup_epochs, milestones, gamma)
         check_scheduler_choice(lr_scheduler, lr_schedule, warmup_epochs, lr_scheduler_interval)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "lr_scheduler"])
+        if (backbone_spec := bb.spec(backbone)) is not None:  # load_from_checkpoint(path) rebuilds it
+            self.hparams["backbone"] = backbone_spec
         self.backbone = backbone
         init_encoder(backbone, init_from, freeze_backbone, backbone_lr)
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler

@@ -19,7 +19,7 @@ from lightly.models.modules import SimCLRProjectionHead
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from .backbones import ResNet
+from . import backbones as bb
 from .schedules import (
     ScheduleName,
     SchedulerInterval,
@@ -64,7 +64,7 @@ class SimCLR(pl.LightningModule):
         lr_scheduler_monitor: str = "train/loss",
     ):
         super().__init__()
-        backbone = backbone if backbone is not None else ResNet(18, n_outputs=num_classes)
+        backbone = bb.from_spec(backbone) if backbone is not None else bb.ResNet(18, n_outputs=num_classes)
         for attr in ("features", "feature_dim"):
             if not hasattr(backbone, attr):
                 raise ValueError(
@@ -80,6 +80,8 @@ class SimCLR(pl.LightningModule):
         check_schedule(lr_schedule, warmup_epochs, (), 0.1)
         check_scheduler_choice(lr_scheduler, lr_schedule, warmup_epochs, lr_scheduler_interval)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "lr_scheduler"])
+        if (backbone_spec := bb.spec(backbone)) is not None:  # load_from_checkpoint(path) rebuilds it
+            self.hparams["backbone"] = backbone_spec
         self.backbone = backbone
         # the classification head is kept (same checkpoint keys as a Classifier) but never used:
         # frozen, so DDP does not wait for its gradients and the optimiser leaves it alone
@@ -108,7 +110,7 @@ class SimCLR(pl.LightningModule):
         # one encoder pass over both views (BN statistics over 2N images, as in the paper)
         z = self(torch.cat([batch["view1"], batch["view2"]]))
         loss = self.criterion(z[:n], z[n:])
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
         return loss
 
     def configure_optimizers(self):
