@@ -384,5 +384,10 @@ def _run_cli(args: list[str] | None, run: bool, started: list, held: HeldLogs) -
     )
 
 
+def console_main() -> None:
+    """``noisy-train``: ``main`` without its return value (a console script exits with what it returns)."""
+    main()
+
+
 if __name__ == "__main__":
     main()
