@@ -46,6 +46,7 @@ from callbacks.best_and_last import BestAndLastCheckpoint
 from callbacks.exact_resume import ExactResume
 from callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
 from callbacks.hparams import HParamsMetrics
+from callbacks.test_oracle import TestOracle
 
 
 DEBUG_FLAG = "--debug"
@@ -116,6 +117,7 @@ class NoisyLabelCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(FiniteLossGuard, "finite_loss")
+        parser.add_lightning_class_args(TestOracle, "test_oracle")
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
 
     def instantiate_trainer(self, **kwargs) -> pl.Trainer:
@@ -123,6 +125,7 @@ class NoisyLabelCLI(LightningCLI):
         plugins = kwargs.get("plugins", self._get(self.config_init, "trainer", default={}).get("plugins"))
         kwargs["plugins"] = with_atomic_checkpoint_io(plugins)
         trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks.append(WithoutValidationSet(self._get(self.config_init, "checkpoint")))
         with_hparams_metrics(trainer)
         if self.held_logs is not None:
             trainer.callbacks.append(ReleaseHeldLogs(self.held_logs))
@@ -147,14 +150,46 @@ class NoisyLabelCLI(LightningCLI):
         model.test_prefix = "test"
         if ckpt.best_model_score is not None:
             results.setdefault("test_best", {})["val_acc"] = float(ckpt.best_model_score)
+        if not has_validation_set(dm):
+            results["test_best"] = {"skipped": NO_VALIDATION_NOTE}
+        oracle = self._get(self.config_init, "test_oracle").report()
+        if oracle is not None:
+            results["test_oracle_best"] = oracle
         log_dir = trainer.log_dir  # a collective under DDP: every process must ask, not only rank 0
         if trainer.is_global_zero and log_dir:
             out = Path(log_dir) / "test_results.json"
             out.write_text(json.dumps(results, indent=2))
             for prefix, r in results.items():
                 acc = r.get(f"{prefix}/acc")
-                if acc is not None:
+                if prefix == "test_oracle_best":
+                    print(f"test_oracle_best: acc {r['acc']:.4f} at epoch {r['epoch']} (chosen on the test set: "
+                          "NOT a valid model-selection number)")
+                elif acc is not None:
                     print(f"{prefix}: acc {acc:.4f}  macro-F1 {r.get(f'{prefix}/f1', float('nan')):.4f}  ({r['checkpoint']})")
+
+
+NO_VALIDATION_NOTE = "val_size is 0: no validation set, so no best-by-validation checkpoint; test is the last epoch"
+
+
+def has_validation_set(dm) -> bool:
+    """False for a datamodule whose split left no validation images (``val_size: 0``), after its setup."""
+    val_indices = getattr(dm, "val_indices", None)
+    return val_indices is None or len(val_indices) > 0
+
+
+class WithoutValidationSet(pl.Callback):
+    """``val_size: 0`` (train on every image, as CIFAR-N's protocol): no validation loop and no
+    best-by-validation checkpoint, only ``last.ckpt``; test_results.json says so. Decided in
+    ``setup``, after the datamodule's (an image folder may bring a validation split of its own)."""
+
+    def __init__(self, checkpoint):
+        self.checkpoint = checkpoint
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit" and not has_validation_set(trainer.datamodule):
+            trainer.limit_val_batches = 0
+            if self.checkpoint is not None:
+                self.checkpoint.monitor, self.checkpoint.save_top_k = None, 0
 
 
 def with_hparams_metrics(trainer: pl.Trainer) -> None:

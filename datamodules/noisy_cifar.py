@@ -260,6 +260,10 @@ class NoisyCIFAR(pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
 
+    def eval_batch(self, batch: dict) -> dict:
+        """Normalise a batch already on its device, as evaluation batches are (callbacks.test_oracle)."""
+        return augment.apply_transform(self.eval_transform, batch)
+
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Augment (training) or only normalise (evaluation) on the batch's device."""
         training = self.trainer is not None and self.trainer.training
