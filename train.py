@@ -121,7 +121,9 @@ class NoisyLabelCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
 
     def instantiate_trainer(self, **kwargs) -> pl.Trainer:
-        """Checkpoints are written atomically unless the config names its own CheckpointIO plugin."""
+        """Checkpoints are written atomically unless the config names its own CheckpointIO plugin; the
+        trainer also gets ``WithoutValidationSet`` (val_size 0), the HParams metrics of a TensorBoard run
+        and the release of the held start-up lines."""
         plugins = kwargs.get("plugins", self._get(self.config_init, "trainer", default={}).get("plugins"))
         kwargs["plugins"] = with_atomic_checkpoint_io(plugins)
         trainer = super().instantiate_trainer(**kwargs)
