@@ -112,3 +112,16 @@ def test_train_py_reports_a_diverged_run_and_keeps_its_folder(tmp_path, fake_cif
     assert (run_dir / "config.yaml").is_file() and not (run_dir / "test_results.json").exists()
     for path in (run_dir / "checkpoints").glob("*.ckpt"):
         assert _all_finite(path), path
+
+
+def test_periodic_checkpoint_writes_no_exception_checkpoint_after_a_non_finite_loss(monkeypatch):
+    """Weights can turn non-finite in a step whose loss was finite; the stop that follows must not save them."""
+    cb = PeriodicCheckpoint(every_n_train_steps=5)
+    saved = []
+    monkeypatch.setattr(cb, "_should_save_on_exception", lambda trainer: True)
+    monkeypatch.setattr(cb, "_monitor_candidates", lambda trainer: {})
+    monkeypatch.setattr(cb, "_save_last_checkpoint", lambda trainer, candidates: saved.append(1))
+    cb.on_exception(None, None, NonFiniteLossError("nan"))
+    assert saved == []
+    cb.on_exception(None, None, RuntimeError("SIGTERM-like stop"))  # any other stop still saves
+    assert saved == [1]
