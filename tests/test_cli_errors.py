@@ -51,7 +51,7 @@ def _fail(capfd, tmp_path: Path, config: Path, extra: list[str], subcommand: str
                   "Given value type", "GPU available"):
         assert noise not in err, err
     assert not (tmp_path / "runs").exists(), sorted(p.name for p in (tmp_path / "runs").rglob("*"))
-    return err.split("\n(run with --debug", 1)[0]  # the message block, without the hint
+    return err.split("\n(", 1)[0]  # the message block, without the hint lines "(see ...)", "(run with ...)"
 
 
 # (id, extra arguments, pattern the first line must match); every id is a row of docs/bad_inputs.md
