@@ -48,10 +48,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except FileNotFoundError:
             raise
         except Exception as err:
-            raise RuntimeError(
-                f"cannot read checkpoint {path}: it is not a complete PyTorch checkpoint (truncated, still being "
-                f"written, or another kind of file) -- {type(err).__name__}: {err}"
-            ) from err
+            raise unreadable_checkpoint(path, err) from err
+
+
+def unreadable_checkpoint(path: _PATH, err: Exception) -> RuntimeError:
+    return RuntimeError(
+        f"cannot read checkpoint {path}: it is not a complete PyTorch checkpoint (truncated, still being "
+        f"written, or another kind of file) -- {type(err).__name__}: {err}"
+    )
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:

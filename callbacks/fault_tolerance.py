@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from .finite_loss import NonFiniteLossError
+
 
 class PeriodicCheckpoint(ModelCheckpoint):
     """A rolling mid-epoch checkpoint (see module docstring). Lives next to train.py's checkpoints."""
@@ -39,6 +41,9 @@ class PeriodicCheckpoint(ModelCheckpoint):
         )
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        """Only refresh ``last-step.ckpt`` (ModelCheckpoint would also write a top-k-named file)."""
+        """Only refresh ``last-step.ckpt`` (ModelCheckpoint would also write a top-k-named file); never
+        after a non-finite loss (the state is not worth resuming from: ``callbacks/finite_loss.py``)."""
+        if isinstance(exception, NonFiniteLossError):
+            return
         if self._should_save_on_exception(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

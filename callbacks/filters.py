@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -43,13 +44,28 @@ def kernel_tiles(conv: nn.Conv2d, scale: bool = True) -> tuple[torch.Tensor, int
     return (scale_each(tiles) if scale else tiles.clamp(0, 1)), ncols
 
 
-def filter_grid(conv: nn.Conv2d, upscale: int = 8, padding: int = 2) -> torch.Tensor:
-    """Image [3, H, W] of a conv's kernels; H = rows * (kh * upscale + padding) + padding."""
+def filter_grid(conv: nn.Conv2d, upscale: int = 8, padding: int = 2, title: str | None = None) -> torch.Tensor:
+    """Image [3, H, W] of a conv's kernels; H = rows * (kh * upscale + padding) + padding (+ the title band)."""
     if upscale < 1:
         raise ValueError(f"upscale must be >= 1, got {upscale}")
     tiles, ncols = kernel_tiles(conv)
     tiles = F.interpolate(tiles, scale_factor=upscale, mode="nearest") if upscale > 1 else tiles
-    return make_grid(tiles, nrow=ncols, padding=padding, pad_value=1.0)
+    grid = make_grid(tiles, nrow=ncols, padding=padding, pad_value=1.0)
+    return with_title(grid, title) if title else grid
+
+
+def with_title(image: torch.Tensor, title: str, height: int = 20) -> torch.Tensor:
+    """``image`` [3, H, W] in [0, 1] under a white band of ``height`` px with ``title`` in black
+    (widened to fit the text, so a small grid keeps its title readable)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=height - 6)
+    text_w = int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title, font=font)) + 8
+    _, h, w = image.shape
+    canvas = Image.new("RGB", (max(w, text_w), h + height), "white")
+    canvas.paste(Image.fromarray((image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()), (0, height))
+    ImageDraw.Draw(canvas).text((4, 2), title, fill="black", font=font)
+    return torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1).float() / 255
 
 
 def stage_outputs(features: nn.Module, image: torch.Tensor) -> list[torch.Tensor]:
@@ -125,7 +141,8 @@ class FilterVisualisation(Callback):
                 warnings.warn(f"{type(self).__name__}: the model has no Conv2d layer; nothing to show")
                 self.last_grid = torch.empty(0)
             return
-        grid = filter_grid(conv, self.upscale)
+        when = "start of training" if label == "start" else f"after epoch {trainer.current_epoch + 1}"
+        grid = filter_grid(conv, self.upscale, title=f"first conv {tuple(conv.weight.shape)}, {when}")
         self.last_grid = grid
         writer = tensorboard_writer(trainer, type(self).__name__)
         if writer is not None:

@@ -26,7 +26,9 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams
 
-DEFAULT_METRICS = ("val/acc", "val/f1", "test/acc", "test/f1", "test_best/acc", "test_best/f1", "noise/loss_auroc")
+DEFAULT_METRICS = (
+    "train/loss", "val/acc", "val/f1", "test/acc", "test/f1", "test_best/acc", "test_best/f1", "noise/loss_auroc",
+)
 
 
 def flatten_hparams(params: Mapping[str, Any], prefix: str = "") -> dict[str, int | float | str | bool]:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sys
 import tarfile
 import tempfile
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,14 +91,37 @@ def _missing_data_error(spec: CifarSpec, root: Path) -> FileNotFoundError:
     )
 
 
-def download_archive(spec: CifarSpec, root: Path) -> Path:
+def download_error(spec: CifarSpec, root: Path, reason: object) -> ConnectionError:
+    """What could not be fetched from where, and how to place the file by hand (no network access)."""
+    return ConnectionError(
+        f"cannot download {spec.name} from {spec.url} ({reason}). Without network access, download that "
+        f"file elsewhere and put it in {root} as {spec.archive} (md5 {spec.md5}), or put its extracted "
+        f"'{spec.folder}' folder there; either is used as it is."
+    )
+
+
+def copy_with_progress(response, out, total: int | None, desc: str, chunk: int = 1 << 16) -> None:
+    """Copy an HTTP response to ``out`` with a tqdm byte counter on stderr (tqdm comes with Lightning)."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, file=sys.stderr) as bar:
+        while block := response.read(chunk):
+            out.write(block)
+            bar.update(len(block))
+
+
+def download_archive(spec: CifarSpec, root: Path, timeout: float = 60.0) -> Path:
     """Download ``spec.url`` to ``root/spec.archive`` and verify its md5 before keeping it."""
     root.mkdir(parents=True, exist_ok=True)
     target = root / spec.archive
     fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{spec.archive}.", suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(spec.url) as response:
-            shutil.copyfileobj(response, out)
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(spec.url, timeout=timeout) as response:
+                length = response.headers.get("Content-Length")
+                copy_with_progress(response, out, int(length) if length else None, f"{spec.name} {spec.archive}")
+        except (urllib.error.URLError, OSError) as err:  # no network, DNS failure, refused, reset, time-out
+            raise download_error(spec, root, getattr(err, "reason", err)) from err
         got = md5sum(tmp)
         if got != spec.md5:
             raise RuntimeError(

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from . import safe_pickle
+from .plain_npz import read_npz
 
 # human_label_set -> key in the published file
 HUMAN_LABEL_KEYS: dict[str, dict[str, str]] = {
@@ -34,8 +35,7 @@ def read_label_file(path: str | Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"human label file {path} does not exist")
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            return {k: np.asarray(z[k]) for k in z.files}
+        return read_npz(path, "human label file", "a CIFAR-N label file (.pt, or .npz of plain arrays)")
     try:
         with zipfile.ZipFile(path) as archive:
             pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]

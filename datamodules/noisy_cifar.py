@@ -19,6 +19,7 @@ from .batches import IndexedTensorDataset, keep_batch
 from .resumable import make_loader
 from .run_state import check_data_state, check_run_folder_labels, data_state
 from .human_labels import HUMAN_LABEL_KEYS, load_human_labels
+from .plain_npz import read_npz
 
 NOISY_LABELS_FILE = "noisy_labels.npz"
 
@@ -178,13 +179,13 @@ class NoisyCIFAR(pl.LightningDataModule):
         path = Path(path).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"noisy_labels_path {path} does not exist")
-        with np.load(path, allow_pickle=False) as z:
-            missing = {"noisy_targets", "clean_targets", "transition_matrix"} - set(z.files)
-            if missing:
-                raise ValueError(f"{path} lacks {sorted(missing)}; expected a {NOISY_LABELS_FILE} written by a run")
-            noisy, clean = torch.from_numpy(z["noisy_targets"]).long(), torch.from_numpy(z["clean_targets"]).long()
-            matrix = torch.from_numpy(z["transition_matrix"])
-            selected = torch.from_numpy(z["noise_selected"]) if "noise_selected" in z.files else noisy != clean
+        z = read_npz(path, "noisy_labels_path", f"a {NOISY_LABELS_FILE} written by a run")
+        missing = {"noisy_targets", "clean_targets", "transition_matrix"} - set(z)
+        if missing:
+            raise ValueError(f"{path} lacks {sorted(missing)}; expected a {NOISY_LABELS_FILE} written by a run")
+        noisy, clean = torch.from_numpy(z["noisy_targets"]).long(), torch.from_numpy(z["clean_targets"]).long()
+        matrix = torch.from_numpy(z["transition_matrix"])
+        selected = torch.from_numpy(z["noise_selected"]) if "noise_selected" in z else noisy != clean
         if noisy.shape != self.clean_targets.shape or not torch.equal(clean, self.clean_targets):
             raise ValueError(
                 f"{path} was written for another dataset: {len(noisy)} labels whose clean labels do not match "
@@ -291,6 +292,10 @@ class NoisyCIFAR(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
+
+    def eval_batch(self, batch: dict) -> dict:
+        """Normalise a batch already on its device, as evaluation batches are (callbacks.test_oracle)."""
+        return augment.apply_transform(self.eval_transform, batch)
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Augment (training) or only normalise (evaluation) on the batch's device."""

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .plain_npz import read_npz
+
 #: datamodule attributes whose exact contents define what is trained and validated on
 FINGERPRINTED = ("noisy_targets", "clean_targets", "train_indices", "val_indices", "meta_indices")
 #: settings reported in the error when the fingerprints differ
@@ -74,9 +76,9 @@ def check_run_folder_labels(dm: Any, path: Path) -> None:
     """
     if not path.is_file():
         return
-    with np.load(path, allow_pickle=False) as z:
-        old = {k: z[k] for k in ("noisy_targets", "clean_targets") if k in z.files}
-        meta = {k: z[k].item() for k in ("dataset", "noise_type", "noise_rate", "noise_seed") if k in z.files}
+    z = read_npz(path, "the run folder's", "the noisy_labels.npz this run writes")
+    old = {k: z[k] for k in ("noisy_targets", "clean_targets") if k in z}
+    meta = {k: z[k].item() for k in ("dataset", "noise_type", "noise_rate", "noise_seed") if k in z}
     same = len(old) == 2 and all(
         old[k].shape == tuple(getattr(dm, k).shape) and np.array_equal(old[k], getattr(dm, k).numpy()) for k in old
     )

@@ -7,23 +7,76 @@ All take ``input_channel`` and ``n_outputs`` (cleanlab's names).
 
 from __future__ import annotations
 
+import functools
+import importlib
+import inspect
+from typing import Any, Mapping
+
 import torch
 import torch.nn as nn
 import torchvision
 
 
 class Backbone(nn.Module):
-    """``forward(x) = head(features(x))``; ``feature_dim`` is the head's input size."""
+    """``forward(x) = head(features(x))``; ``feature_dim`` is the head's input size.
+
+    Every subclass records the arguments it was built with (``init_args``), so that a method can
+    save ``spec(backbone)`` in its hyper-parameters and ``load_from_checkpoint`` can rebuild it.
+    """
 
     features: nn.Module
     head: nn.Module
     feature_dim: int
+    init_args: dict[str, Any]
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+
+        @functools.wraps(init)
+        def recording_init(self, *args, **kw):
+            bound = inspect.signature(init).bind(self, *args, **kw)
+            bound.apply_defaults()
+            init(self, *args, **kw)
+            # the outermost __init__ returns last, so its arguments are the ones kept
+            params = inspect.signature(init).parameters
+            args = {}
+            for k, v in list(bound.arguments.items())[1:]:
+                if params[k].kind is inspect.Parameter.VAR_KEYWORD:
+                    args.update(v)
+                elif params[k].kind is not inspect.Parameter.VAR_POSITIONAL:
+                    args[k] = v
+            self.init_args = args
+
+        cls.__init__ = recording_init
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+def spec(backbone: nn.Module) -> dict[str, Any] | None:
+    """``{"class_path", "init_args"}`` of a ``Backbone`` (what a YAML config says); None for other modules."""
+    init_args = getattr(backbone, "init_args", None)
+    if not isinstance(backbone, Backbone) or init_args is None:
+        return None
+    cls = type(backbone)
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(init_args)}
+
+
+def from_spec(backbone: nn.Module | Mapping[str, Any]) -> nn.Module:
+    """A module as it is, or one built from its ``spec`` (as saved in a checkpoint's hyper-parameters)."""
+    if isinstance(backbone, nn.Module):
+        return backbone
+    if not isinstance(backbone, Mapping) or "class_path" not in backbone:
+        raise TypeError(f"backbone must be an nn.Module or a {{class_path, init_args}} mapping, got {backbone!r}")
+    module_name, _, name = backbone["class_path"].rpartition(".")
+    cls = getattr(importlib.import_module(module_name), name)
+    return cls(**dict(backbone.get("init_args") or {}))
 
 
 def _scaled(channels: int, width: float) -> int:

@@ -6,7 +6,7 @@ from typing import Literal, Sequence
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.cli import OptimizerCallable
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -15,7 +15,14 @@ from .evaluation import EvaluationMixin
 from .losses import check_loss, classification_loss
 from .optim_groups import scale_norm_groups, split_norm_groups
 from .pretrained import init_encoder, param_groups
-from .schedules import ScheduleName, build_scheduler, check_schedule
+from .schedules import (
+    ScheduleName,
+    SchedulerInterval,
+    build_scheduler,
+    check_schedule,
+    check_scheduler_choice,
+    injected_scheduler,
+)
 from .tta import TTA, check_tta
 
 
@@ -44,6 +51,10 @@ class Classifier(EvaluationMixin, pl.LightningModule):
         freeze_backbone: train only the head (linear probe): the encoder gets no gradient and
             stays in eval mode, so its batch-norm statistics are not updated either.
         backbone_lr: learning rate of the encoder (own optimiser param group); None = the optimiser's lr.
+        lr_scheduler: any ``torch.optim.lr_scheduler`` by ``class_path`` (OneCycleLR, ReduceLROnPlateau,
+            CosineAnnealingWarmRestarts, ...) instead of a named ``lr_schedule``.
+        lr_scheduler_interval: when ``lr_scheduler`` steps: every ``epoch`` or every optimiser ``step``.
+        lr_scheduler_monitor: the metric a ReduceLROnPlateau watches (its ``mode`` must match: min for a loss).
     """
 
     def __init__(
@@ -65,19 +76,26 @@ class Classifier(EvaluationMixin, pl.LightningModule):
         final_lr_factor: float = 0.0,
         norm_lr_scale: float = 1.0,
         tta: TTA = "none",
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lr_scheduler_interval: SchedulerInterval = "epoch",
+        lr_scheduler_monitor: str = "val/loss",
     ):
         super().__init__()
+        backbone = bb.from_spec(backbone)  # a module, or its spec from a checkpoint's hyper-parameters
         check_loss(loss, gce_q)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         check_schedule(lr_schedule, warmup_epochs, milestones, gamma, warmup_start_factor, final_lr_factor)
+        check_scheduler_choice(lr_scheduler, lr_schedule, warmup_epochs, lr_scheduler_interval)
         if norm_lr_scale <= 0:
             raise ValueError(f"norm_lr_scale must be > 0, got {norm_lr_scale}")
         check_tta(tta)
-        self.save_hyperparameters(ignore=["backbone", "optimizer"])
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "lr_scheduler"])
+        if (backbone_spec := bb.spec(backbone)) is not None:  # load_from_checkpoint(path) rebuilds it
+            self.hparams["backbone"] = backbone_spec
         self.backbone = backbone
         init_encoder(backbone, init_from, freeze_backbone, backbone_lr)
-        self.optimizer_factory = optimizer
+        self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         self.train_acc_noisy = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.train_acc_clean = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.init_eval_metrics(num_classes)
@@ -115,6 +133,9 @@ class Classifier(EvaluationMixin, pl.LightningModule):
             groups = split_norm_groups(groups, self)
         optimizer = self.optimizer_factory(groups)
         scale_norm_groups(optimizer, norm_lr_scale)
+        if self.lr_scheduler_factory is not None:
+            return {"optimizer": optimizer, "lr_scheduler": injected_scheduler(
+                optimizer, self.lr_scheduler_factory, hp.lr_scheduler_interval, hp.lr_scheduler_monitor)}
         if hp.lr_schedule == "constant" and hp.warmup_epochs == 0:
             return optimizer
         scheduler = build_scheduler(

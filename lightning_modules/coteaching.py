@@ -103,6 +103,7 @@ class CoTeaching(EvaluationMixin, pl.LightningModule):
         tta: TTA = "none",
     ):
         super().__init__()
+        backbone = bb.from_spec(backbone)  # a module, or its spec from a checkpoint's hyper-parameters
         check_arguments(forget_rate, num_gradual, exponent, mode, init_epoch, lr, epoch_decay_start, beta1,
                         beta1_decayed, auto_warmup_epochs, eval_network)
         check_schedule(lr_schedule, warmup_epochs, (), 0.1, warmup_start_factor, final_lr_factor)
@@ -112,6 +113,8 @@ class CoTeaching(EvaluationMixin, pl.LightningModule):
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         check_tta(tta)
         self.save_hyperparameters(ignore=["backbone", "optimizer"])
+        if (backbone_spec := bb.spec(backbone)) is not None:  # load_from_checkpoint(path) rebuilds it
+            self.hparams["backbone"] = backbone_spec
         self.optimizer_factory = optimizer
         self.automatic_optimization = False
         self.net1, self.net2 = self.build_networks(backbone)
@@ -121,6 +124,8 @@ class CoTeaching(EvaluationMixin, pl.LightningModule):
         self.forget_rate: float | None = None if forget_rate in (None, "auto") else float(forget_rate)
         self._loss_record: torch.Tensor | None = None  # per-sample losses while estimating the rate
         self._selection: torch.Tensor | None = None  # [2, N]: network-picks offered, network-picks made
+        self.train_acc_noisy = MulticlassAccuracy(num_classes, average="micro")
+        self.train_acc_clean = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc_nets = nn.ModuleList([MulticlassAccuracy(num_classes, average="micro") for _ in range(2)])
         self.test_acc_nets = nn.ModuleList([MulticlassAccuracy(num_classes, average="micro") for _ in range(2)])
         self.init_eval_metrics(num_classes)
@@ -247,7 +252,12 @@ class CoTeaching(EvaluationMixin, pl.LightningModule):
 
     def _log_train(self, batch: dict, out: dict, rate: float) -> None:
         n = len(batch["target"])
-        self.log("train/loss", out["loss1"].detach().mean(), on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("train/loss", out["loss1"].detach().mean(), on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
+        preds = out["logits1"].detach().argmax(1)  # network 1, whose loss is train/loss
+        self.train_acc_noisy(preds, batch["target"])
+        self.train_acc_clean(preds, batch["clean_target"])  # logging only: never used for training
+        self.log("train/acc_noisy", self.train_acc_noisy, on_step=False, on_epoch=True, batch_size=n)
+        self.log("train/acc_clean", self.train_acc_clean, on_step=False, on_epoch=True, batch_size=n)
         self.log("train/forget_rate", rate, on_step=False, on_epoch=True, batch_size=n)
         for k in (1, 2):
             pick = out[f"pick{k}"]

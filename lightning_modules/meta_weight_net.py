@@ -36,6 +36,7 @@ from torch import nn
 from torch.func import functional_call
 from torchmetrics.classification import MulticlassAccuracy
 
+from . import backbones as bb
 from .classifier import check_backbone
 from .evaluation import EvaluationMixin
 from .losses import check_loss, classification_loss, generalized_cross_entropy
@@ -154,6 +155,7 @@ class MetaWeightNet(EvaluationMixin, pl.LightningModule):
         init_from: str | None = None,
     ):
         super().__init__()
+        backbone = bb.from_spec(backbone)  # a module, or its spec from a checkpoint's hyper-parameters
         check_loss(loss, gce_q)
         if meta_loss not in META_LOSSES:
             raise ValueError(f"unknown meta_loss {meta_loss!r}; allowed: {', '.join(META_LOSSES)}")
@@ -161,6 +163,8 @@ class MetaWeightNet(EvaluationMixin, pl.LightningModule):
             raise ValueError(f"unknown weight_norm {weight_norm!r}; allowed: {', '.join(WEIGHT_NORMS)}")
         check_schedule(lr_schedule, warmup_epochs, milestones, gamma)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "meta_optimizer"])
+        if (backbone_spec := bb.spec(backbone)) is not None:  # load_from_checkpoint(path) rebuilds it
+            self.hparams["backbone"] = backbone_spec
         self.automatic_optimization = False
         self.backbone = backbone
         if init_from:
@@ -225,7 +229,7 @@ class MetaWeightNet(EvaluationMixin, pl.LightningModule):
         self.train_acc_noisy(preds, train["target"])
         self.train_acc_clean(preds, train["clean_target"])  # logging only: never used for training
         flipped = train["target"] != train["clean_target"]  # logging only
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
         self.log("train/meta_loss", meta_loss, on_step=False, on_epoch=True, batch_size=n)
         self.log("train/acc_noisy", self.train_acc_noisy, on_step=False, on_epoch=True, batch_size=n)
         self.log("train/acc_clean", self.train_acc_clean, on_step=False, on_epoch=True, batch_size=n)

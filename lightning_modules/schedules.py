@@ -90,3 +90,27 @@ def check_schedule(schedule: str, warmup_epochs: float, milestones: Sequence[int
         raise ValueError(f"milestones must be >= 0 epochs, got {list(milestones)}")
     if not 0 < gamma <= 1:
         raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+
+
+SchedulerInterval = Literal["step", "epoch"]
+
+
+def check_scheduler_choice(lr_scheduler, schedule: str, warmup_epochs: float, interval: str) -> None:
+    """An injected scheduler replaces the named schedule; both at once would be two schedules."""
+    if lr_scheduler is not None and (schedule != "constant" or warmup_epochs):
+        raise ValueError(
+            f"set either lr_scheduler or lr_schedule/warmup_epochs, not both (got lr_schedule {schedule!r}, "
+            f"warmup_epochs {warmup_epochs} and an lr_scheduler)"
+        )
+    if interval not in ("step", "epoch"):
+        raise ValueError(f"lr_scheduler_interval must be 'step' or 'epoch', got {interval!r}")
+
+
+def injected_scheduler(optimizer: torch.optim.Optimizer, lr_scheduler, interval: str, monitor: str) -> dict:
+    """Lightning's scheduler config for a user's ``LRSchedulerCallable`` (OneCycleLR, ReduceLROnPlateau,
+    CosineAnnealingWarmRestarts, ...); ``monitor`` is read by ReduceLROnPlateau only."""
+    scheduler = lr_scheduler(optimizer)
+    config = {"scheduler": scheduler, "interval": interval, "frequency": 1}
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        config["monitor"] = monitor
+    return config

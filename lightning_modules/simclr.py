@@ -16,11 +16,18 @@ import pytorch_lightning as pl
 import torch
 from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
-from pytorch_lightning.cli import OptimizerCallable
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from .backbones import ResNet
-from .schedules import ScheduleName, build_scheduler, check_schedule
+from . import backbones as bb
+from .schedules import (
+    ScheduleName,
+    SchedulerInterval,
+    build_scheduler,
+    check_schedule,
+    check_scheduler_choice,
+    injected_scheduler,
+)
 
 
 class SimCLR(pl.LightningModule):
@@ -37,6 +44,8 @@ class SimCLR(pl.LightningModule):
             sample sees 2 * global_batch - 2 negatives under DDP (as with one big batch).
         optimizer: optimiser factory, e.g. ``torch.optim.SGD`` or ``lightly.utils.lars.LARS``.
         lr_schedule, warmup_epochs: linear warm-up then ``cosine`` decay to 0 (per step).
+        lr_scheduler, lr_scheduler_interval, lr_scheduler_monitor: any ``torch.optim.lr_scheduler`` by
+            ``class_path`` instead of a named schedule (then set ``lr_schedule: constant``), as in ``Classifier``.
     """
 
     def __init__(
@@ -50,9 +59,12 @@ class SimCLR(pl.LightningModule):
         optimizer: OptimizerCallable = torch.optim.SGD,
         lr_schedule: ScheduleName = "cosine",
         warmup_epochs: float = 0.0,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lr_scheduler_interval: SchedulerInterval = "epoch",
+        lr_scheduler_monitor: str = "train/loss",
     ):
         super().__init__()
-        backbone = backbone if backbone is not None else ResNet(18, n_outputs=num_classes)
+        backbone = bb.from_spec(backbone) if backbone is not None else bb.ResNet(18, n_outputs=num_classes)
         for attr in ("features", "feature_dim"):
             if not hasattr(backbone, attr):
                 raise ValueError(
@@ -66,7 +78,10 @@ class SimCLR(pl.LightningModule):
                 f"projection sizes must be >= 1, got hidden {projection_hidden_dim}, output {projection_dim}"
             )
         check_schedule(lr_schedule, warmup_epochs, (), 0.1)
-        self.save_hyperparameters(ignore=["backbone", "optimizer"])
+        check_scheduler_choice(lr_scheduler, lr_schedule, warmup_epochs, lr_scheduler_interval)
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "lr_scheduler"])
+        if (backbone_spec := bb.spec(backbone)) is not None:  # load_from_checkpoint(path) rebuilds it
+            self.hparams["backbone"] = backbone_spec
         self.backbone = backbone
         # the classification head is kept (same checkpoint keys as a Classifier) but never used:
         # frozen, so DDP does not wait for its gradients and the optimiser leaves it alone
@@ -75,7 +90,7 @@ class SimCLR(pl.LightningModule):
         dim = int(backbone.feature_dim)
         self.projection_head = SimCLRProjectionHead(dim, projection_hidden_dim or dim, projection_dim)
         self.criterion = NTXentLoss(temperature=temperature, gather_distributed=gather_distributed)
-        self.optimizer_factory = optimizer
+        self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Encoder output h (what fine-tuning and the kNN monitor use)."""
@@ -95,12 +110,15 @@ class SimCLR(pl.LightningModule):
         # one encoder pass over both views (BN statistics over 2N images, as in the paper)
         z = self(torch.cat([batch["view1"], batch["view2"]]))
         loss = self.criterion(z[:n], z[n:])
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
         return loss
 
     def configure_optimizers(self):
         hp = self.hparams
         optimizer = self.optimizer_factory(self.parameters())
+        if self.lr_scheduler_factory is not None:
+            return {"optimizer": optimizer, "lr_scheduler": injected_scheduler(
+                optimizer, self.lr_scheduler_factory, hp.lr_scheduler_interval, hp.lr_scheduler_monitor)}
         if hp.lr_schedule == "constant" and hp.warmup_epochs == 0:
             return optimizer
         scheduler = build_scheduler(

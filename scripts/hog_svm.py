@@ -37,7 +37,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from skimage.feature import hog
+try:
+    from skimage.feature import hog
+except ImportError:  # scikit-image is the optional "hog" extra: only this baseline needs it
+    sys.exit('scripts/hog_svm.py needs scikit-image, an optional extra of this project: pip install -e ".[hog]" '
+             '(or pip install "scikit-image>=0.22")')
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from skimage.feature import hog
+hog = pytest.importorskip("skimage.feature", reason="scikit-image (the optional 'hog' extra) is not installed").hog
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))

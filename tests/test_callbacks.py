@@ -171,7 +171,9 @@ def test_filter_grid_in_tensorboard_has_one_tile_per_kernel(run):
     n = conv.out_channels  # 16 at width 0.125
     ncols = math.ceil(math.sqrt(n))
     side = 3 * 8  # 3x3 kernels, upscale 8
-    assert (imgs[-1].width, imgs[-1].height) == (ncols * (side + 2) + 2, math.ceil(n / ncols) * (side + 2) + 2)
+    title = 20  # a band with the layer and the epoch above the kernels, widened to fit the text
+    assert imgs[-1].height == title + math.ceil(n / ncols) * (side + 2) + 2
+    assert imgs[-1].width >= ncols * (side + 2) + 2
     assert (run.log_dir / "filters_start.png").is_file() and (run.log_dir / "filters_epoch002.png").is_file()
 
 

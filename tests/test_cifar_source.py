@@ -210,3 +210,52 @@ def test_safe_pickle_still_reads_numpy_arrays_and_containers():
         assert back["b"] == [1, "x", (2.5, None)] and back["c"] == np.float32(3)
     with pytest.raises(pickle.UnpicklingError, match="builtins.eval"):
         safe_pickle.loads(pickle.dumps(eval))
+
+
+# ------------------------------------------------------------------- downloading
+def test_download_without_network_says_what_from_where_and_where_to_put_it(tmp_path, monkeypatch):
+    """A machine without network access: DNS fails as ``urlopen`` reports it (URLError around a gaierror)."""
+    import socket
+    import urllib.error
+
+    def no_network(url, *args, **kwargs):
+        raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+
+    monkeypatch.setattr(cifar_source.urllib.request, "urlopen", no_network)
+    data_dir = tmp_path / "data"
+    with pytest.raises(ConnectionError) as err:
+        cifar_source.prepare(cifar_source.CIFAR10, data_dir, download=True)
+    message = str(err.value)
+    for part in ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "Name or service not known",
+                 f"put it in {data_dir} as cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a",
+                 "'cifar-10-batches-py' folder"):
+        assert part in message, (part, message)
+    assert list(data_dir.iterdir()) == []  # no partial download left behind
+
+
+def test_download_over_http_shows_a_progress_bar(tmp_path, fake_archive, use_spec, capsys):
+    """A real HTTP download from a local server: the bytes arrive, md5-checked, with a byte counter."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(fake_archive.parent)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/cifar-10-python.tar.gz"
+        use_spec(_spec(fake_archive, url=url))
+        data_dir = tmp_path / "data"
+        cifar_source.download_archive(cifar_source.CIFAR10, data_dir)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (data_dir / "cifar-10-python.tar.gz").read_bytes() == fake_archive.read_bytes()
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    size_kb = fake_archive.stat().st_size / 1024
+    assert bar.startswith("CIFAR-10 cifar-10-python.tar.gz: 100%"), bar
+    assert f"{size_kb:.1f}k/{size_kb:.1f}k" in bar or f"{size_kb:.0f}k/{size_kb:.0f}k" in bar, (bar, size_kb)
