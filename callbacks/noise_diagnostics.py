@@ -38,6 +38,8 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from torchmetrics.functional.classification import binary_auroc
 
+from datamodules.batches import training_part
+
 from .plotting import output_dir, tensorboard_writer
 
 
@@ -110,6 +112,7 @@ class LabelNoiseDiagnostics(Callback):
                     "'per_sample_loss' and 'logits'; label-noise diagnostics are off"
                 )
             return
+        batch = training_part(batch)
         index = batch["index"]
         if not self._size:  # first batch: one buffer slot per sample of the full training set
             n = len(getattr(trainer.datamodule, "noisy_targets", []))

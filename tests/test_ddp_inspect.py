@@ -1,0 +1,134 @@
+"""Two processes (gloo, CPU) with configs/inspect.yaml stacked on a method's config.
+
+Each run is ``train.py fit`` as a user types it, in its own process group with a
+hard timeout (``process_group.train_in_group``): a collective that only some
+processes enter hangs for ever, and SIGTERM does not end it. Every process
+dumps its weights and optimiser states (``ddp_probe.DumpState``); the tests
+compare them bit for bit and check that what the callbacks wrote covers the
+whole evaluation set, not one process's share.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from process_group import REPO, train_in_group
+
+N_TEST = 200  # tests/fake_cifar.py
+HARD_TIMEOUT = 300  # s; a finished 2-process run takes about 45 s on a loaded 2-core machine
+DDP = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+       "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+TINY = ["--data.init_args.download", "false", "--data.init_args.train_subset", "null",
+        "--data.init_args.val_size", "100", "--data.init_args.batch_size", "32",
+        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "2"]
+
+
+def fit_two_processes(tmp: Path, data_dir: Path, configs: list[str], extra: list[str] = ()) -> Path:
+    """Fit with 2 processes in ``tmp``; return the run folder (the only ``runs/*/version_*``)."""
+    args = ["fit"]
+    for c in [*configs, "inspect.yaml"]:
+        args += ["--config", str(REPO / "configs" / c)]
+    args += ["--data.init_args.data_dir", str(data_dir), *TINY, *DDP,
+             "--trainer.callbacks+=ddp_probe.DumpState", f"--trainer.callbacks.folder={tmp / 'state'}", *extra]
+    proc = train_in_group(args, tmp, timeout=HARD_TIMEOUT)
+    assert proc.returncode == 0, f"train.py failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-5000:]}"
+    (run,) = (tmp / "runs").glob("*/version_*")
+    return run
+
+
+def rank_states(tmp: Path) -> list[dict]:
+    states = [torch.load(tmp / "state" / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    assert [s["world_size"] for s in states] == [2, 2]
+    return states
+
+
+def assert_equal_nested(a, b, where: str = "") -> None:
+    """Bit-identical tensors (and equal plain values) through dicts and lists."""
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), f"differs between processes: {where}"
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_equal_nested(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_equal_nested(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"differs between processes: {where}: {a!r} vs {b!r}"
+
+
+def assert_replicas_identical(states: list[dict]) -> None:
+    """Same weights and optimiser states everywhere, after each process trained on its own samples."""
+    seen = [set(s["seen_indices"]) for s in states]
+    assert seen[0] and seen[1] and not seen[0] & seen[1]
+    assert_equal_nested(states[0]["state_dict"], states[1]["state_dict"], "state_dict")
+    assert_equal_nested(states[0]["optimizers"], states[1]["optimizers"], "optimizers")
+    assert any(opt["state"] for opt in states[0]["optimizers"]), "no optimiser ever stepped"
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_noise_diagnostics_cover_both_shares(run: Path, states: list[dict]) -> None:
+    saved = np.load(run / "per_sample_loss.npz")
+    both = set(states[0]["seen_indices"]) | set(states[1]["seen_indices"])
+    assert set(saved["index"].tolist()) == both
+
+
+def assert_confusion_covers_the_test_set(run: Path) -> None:
+    for prefix in ("test", "test_best"):
+        counts = np.loadtxt(run / f"confusion_{prefix}.csv", delimiter=",", skiprows=1)
+        assert counts.sum() == N_TEST, f"{prefix}: the matrix counts {counts.sum()} of {N_TEST} test images"
+
+
+@pytest.fixture(scope="module")
+def quick_inspect(fake_cifar10_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp_quick_inspect")
+    return tmp, fit_two_processes(tmp, fake_cifar10_dir, ["quick.yaml"])
+
+
+def test_quick_with_inspect_finishes_on_two_processes_and_the_replicas_agree(quick_inspect):
+    """The inspection callbacks ask for the run folder on rank 0 only: that must not be a collective."""
+    tmp, run = quick_inspect
+    assert (run / "test_results.json").is_file() and (run / "filters_start.png").is_file()
+    states = rank_states(tmp)
+    assert_replicas_identical(states)
+    assert_confusion_covers_the_test_set(run)
+    assert_noise_diagnostics_cover_both_shares(run, states)
+
+
+def test_confident_mistakes_are_the_top_of_the_whole_test_set(quick_inspect, fake_cifar10_dir):
+    """The 16 shown are the most confident mistakes among all 200 test images, not among rank 0's 100."""
+    from datamodules import NoisyCIFAR10
+    from lightning_modules import Classifier
+    from lightning_modules.backbones import CNN
+
+    tmp, run = quick_inspect
+    model = Classifier(CNN(n_outputs=10, width=0.25))  # configs/quick.yaml's network
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    dm = NoisyCIFAR10(data_dir=str(fake_cifar10_dir), batch_size=32, val_size=100)
+    dm.setup("test")
+    conf, pred, target, index = [], [], [], []
+    with torch.no_grad():
+        for batch in dm.test_dataloader():  # one process: every test image once
+            p = model(dm.eval_transform(batch["image"])).softmax(1)
+            c, y = p.max(1)
+            conf.append(c), pred.append(y), target.append(batch["target"]), index.append(batch["index"])
+    conf, pred, target, index = map(torch.cat, (conf, pred, target, index))
+    assert len(index) == N_TEST
+    wrong = pred != target
+    expected = index[wrong][conf[wrong].argsort(descending=True)][:16]
+    shown = [int(r["index"]) for r in read_csv(run / "mistakes_test.csv")]
+    assert len(shown) == 16
+    assert set(shown) == set(expected.tolist())
+    assert {i % 2 for i in shown} == {0, 1}  # both processes' shares (even / odd positions) are represented
