@@ -128,13 +128,17 @@ def test_confident_mistakes_are_the_top_of_the_whole_test_set(quick_inspect, fak
             c, y = p.max(1)
             conf.append(c), pred.append(y), target.append(batch["target"]), index.append(batch["index"])
     conf, pred, target, index = map(torch.cat, (conf, pred, target, index))
-    assert len(index) == N_TEST
+    assert torch.equal(index, torch.arange(N_TEST))  # one process, in order: position = test index
     wrong = pred != target
-    expected = index[wrong][conf[wrong].argsort(descending=True)][:16]
-    shown = [int(r["index"]) for r in read_csv(run / "mistakes_test.csv")]
-    assert len(shown) == 16
-    assert set(shown) == set(expected.tolist())
-    assert {i % 2 for i in shown} == {0, 1}  # both processes' shares (even / odd positions) are represented
+    expected = conf[wrong].sort(descending=True).values[:16]
+    rows = read_csv(run / "mistakes_test.csv")
+    shown = torch.tensor([int(r["index"]) for r in rows])
+    assert len(shown) == 16 and len(set(shown.tolist())) == 16
+    assert wrong[shown].all()  # each one is a mistake of this checkpoint
+    # the 16 highest confidences among ALL mistakes (values, not indices: near-ties may swap places)
+    assert torch.tensor([float(r["confidence"]) for r in rows]) == pytest.approx(expected, abs=1e-5)
+    assert conf[shown] == pytest.approx(expected, abs=1e-5)
+    assert {i % 2 for i in shown.tolist()} == {0, 1}  # both processes' shares (even / odd positions) appear
 
 
 TINY_CNN = ["--model.init_args.backbone", "lightning_modules.backbones.CNN",
