@@ -107,7 +107,9 @@ def doc_commands(program: str) -> list[list[str]]:
     return commands
 
 
+@pytest.mark.slow
 def test_the_docs_train_commands_parse_into_complete_runs():
+    """One CLI start per command (five): a minute or more on a loaded 2-core machine."""
     commands = doc_commands("train.py")
     assert len(commands) >= 4  # DDP (GPU and CPU), torchrun, performance
     for words in commands:
