@@ -12,7 +12,11 @@ start of ``fit``, before any data is drawn. Under DDP only global rank 0's
 states are saved (only rank 0 writes the checkpoint) and every process gets
 them back; that is exact because ``seed_everything`` gives every process the
 same seed and every process makes the same random calls per step (same
-batch size, same transforms).
+batch size, same transforms). For CUDA that holds for the generator of each
+process's *own* device: rank 0's ``cuda:0`` generator has advanced exactly as
+rank 1's ``cuda:1`` one, while rank 0's copy of ``cuda:1`` never moved. So
+the state of the current device is saved, and restored onto each process's
+current device.
 
 2. The position in the epoch. The training loaders are resumable
 (``datamodules/resumable.py``) and Lightning stores their state, but when
@@ -45,14 +49,14 @@ from pytorch_lightning import Callback
 
 
 def collect_rng_states() -> dict[str, Any]:
-    """torch (CPU and every CUDA device), numpy and python generator states."""
+    """torch (CPU and the current CUDA device), numpy and python generator states."""
     states: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": _numpy_state(),
         "python": random.getstate(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["torch.cuda"] = torch.cuda.get_rng_state_all()
+        states["torch.cuda"] = torch.cuda.get_rng_state()  # this process's device (see module docstring)
     return states
 
 
@@ -70,11 +74,10 @@ def set_rng_states(states: dict[str, Any]) -> None:
     version, internal, gauss = states["python"]
     random.setstate((version, tuple(internal), gauss))
     if "torch.cuda" in states and torch.cuda.is_available():
-        cuda_states = states["torch.cuda"]
-        if len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda_states)
-        else:  # another GPU count: each process restores its own device's generator
-            torch.cuda.set_rng_state(cuda_states[0])
+        state = states["torch.cuda"]
+        if isinstance(state, (list, tuple)):  # older checkpoints: every device; rank 0 drew on the first
+            state = state[0]
+        torch.cuda.set_rng_state(state)  # onto this process's current device
 
 
 class ExactResume(Callback):

@@ -4,7 +4,8 @@ Confident mistakes on the *clean* test set show what the network learnt
 wrongly (often a class confusion copied from the training noise) and, on
 data without clean labels, test-set label errors. Predictions come from the
 logits ``test_step`` returns (no extra forward pass); each batch keeps at most
-``k`` candidates, so the memory is ``k`` images.
+``k`` candidates, so the memory is ``k`` images per batch. Under DDP the
+processes' candidates are merged before the top ``k`` are chosen.
 
 Logged: ``{test_prefix}/confident_mistakes`` image; files
 ``mistakes_{test_prefix}.png`` and ``mistakes_{test_prefix}.csv`` (index, true,
@@ -84,21 +85,47 @@ class ConfidentMistakes(Callback):
         index = batch.get("index")
         self._index.append(index[keep].cpu() if index is not None else keep.cpu())
 
+    def _local_top(self) -> dict[str, torch.Tensor]:
+        """This process's ``k`` most confident mistakes (CPU tensors, possibly empty)."""
+        if not self._conf:
+            return {}
+        conf = torch.cat(self._conf)
+        top = conf.argsort(descending=True, stable=True)[: self.k]
+        parts = {"conf": self._conf, "images": self._images, "true": self._true, "pred": self._pred,
+                 "index": self._index}
+        return {name: torch.cat(values)[top] for name, values in parts.items()}
+
+    def _top_over_processes(self, trainer: pl.Trainer) -> dict[str, torch.Tensor]:
+        """Every process's candidates merged: under DDP each one saw only its share of the test set.
+
+        Called on every process (a collective); candidate counts differ between processes, hence
+        ``all_gather_object`` (``k`` images each) rather than a same-shape tensor gather.
+        """
+        local = self._local_top()
+        if trainer.world_size == 1 or not torch.distributed.is_initialized():
+            return local
+        shares: list[dict] = [{} for _ in range(trainer.world_size)]
+        torch.distributed.all_gather_object(shares, local)
+        shares = [s for s in shares if s]
+        if not shares:
+            return {}
+        merged = {name: torch.cat([s[name] for s in shares]) for name in shares[0]}
+        top = merged["conf"].argsort(descending=True, stable=True)[: self.k]
+        return {name: v[top] for name, v in merged.items()}
+
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        best = self._top_over_processes(trainer)
         if not trainer.is_global_zero:
             return
         prefix = getattr(pl_module, "test_prefix", "test")
-        if not self._conf:
+        if not best:
             self.rows[prefix] = []
             return
-        conf = torch.cat(self._conf)
-        top = conf.argsort(descending=True, stable=True)[: self.k]
-        images, true = torch.cat(self._images)[top], torch.cat(self._true)[top]
-        pred, index = torch.cat(self._pred)[top], torch.cat(self._index)[top]
+        conf, images, true, pred, index = (best[k] for k in ("conf", "images", "true", "pred", "index"))
         names = class_names_of(trainer, num_classes_of(trainer, pl_module))
         rows = [
             {"index": int(i), "true": names[int(t)], "predicted": names[int(p)], "confidence": float(c)}
-            for i, t, p, c in zip(index, true, pred, conf[top])
+            for i, t, p, c in zip(index, true, pred, conf)
         ]
         self.rows[prefix] = rows
         dm = trainer.datamodule

@@ -38,6 +38,8 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from torchmetrics.functional.classification import binary_auroc
 
+from datamodules.batches import training_part
+
 from .plotting import output_dir, tensorboard_writer
 
 
@@ -96,6 +98,7 @@ class LabelNoiseDiagnostics(Callback):
         self.given = torch.full((n,), -1, dtype=torch.long, device=device)
         self.clean = torch.full((n,), -1, dtype=torch.long, device=device)
         self.seen = torch.zeros(n, dtype=torch.bool, device=device)  # this epoch
+        self.updated = torch.full((n,), -1, dtype=torch.long, device=device)  # epoch of the last value
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._size:
@@ -110,6 +113,7 @@ class LabelNoiseDiagnostics(Callback):
                     "'per_sample_loss' and 'logits'; label-noise diagnostics are off"
                 )
             return
+        batch = training_part(batch)
         index = batch["index"]
         if not self._size:  # first batch: one buffer slot per sample of the full training set
             n = len(getattr(trainer.datamodule, "noisy_targets", []))
@@ -122,20 +126,21 @@ class LabelNoiseDiagnostics(Callback):
         if "clean_target" in batch:
             self.clean[index] = batch["clean_target"]
         self.seen[index] = True
+        self.updated[index] = trainer.current_epoch
 
     # ----------------------------------------------------------- per epoch
     def _gathered(self, pl_module: pl.LightningModule) -> dict[str, torch.Tensor]:
-        """The tracked arrays, merged over processes (each sample is seen by one process per epoch)."""
+        """The tracked arrays, merged over processes: each sample's newest value, from whichever process
+        saw it last (the shuffle gives a sample to another process in another epoch)."""
         arrays = {"loss": self.loss, "pred": self.pred, "confidence": self.confidence, "given": self.given,
-                  "clean": self.clean, "seen": self.seen}
+                  "clean": self.clean, "seen": self.seen, "updated": self.updated}
         trainer = pl_module.trainer
         if trainer.world_size == 1:
             return arrays
         g = {k: pl_module.all_gather(v) for k, v in arrays.items()}  # [W, N]
-        seen = g["seen"]
-        owner = seen.float().argmax(0)  # first process that saw the sample this epoch (0 when none did)
-        cols = torch.arange(seen.shape[1], device=seen.device)
-        return {k: v[owner, cols] for k, v in g.items()} | {"seen": seen.any(0)}
+        owner = g["updated"].argmax(0)  # the first process holding the newest value (0 when none has one)
+        cols = torch.arange(owner.shape[0], device=owner.device)
+        return {k: v[owner, cols] for k, v in g.items()} | {"seen": g["seen"].any(0)}
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._size or (trainer.current_epoch + 1) % self.every_n_epochs:

@@ -1,8 +1,8 @@
 """Shared helpers of the inspection callbacks: where to log, figures -> images, un-normalising.
 
 Every callback logs to TensorBoard through the trainer's logger and writes
-files into ``trainer.log_dir``; with another logger (or none) the TensorBoard
-part is skipped with one warning and the files are still written.
+files into the run folder (``trainer.log_dir``); with another logger (or none)
+the TensorBoard part is skipped with one warning and the files are still written.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
-from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger  # noqa: E402
 
 _warned: set[str] = set()
 
@@ -34,11 +34,28 @@ def tensorboard_writer(trainer: pl.Trainer, who: str):
     return None
 
 
+def local_log_dir(trainer: pl.Trainer) -> str | None:
+    """What ``trainer.log_dir`` returns, read on this process only.
+
+    ``trainer.log_dir`` broadcasts rank 0's value, a collective that every process
+    must enter; asked after an ``is_global_zero`` guard it makes rank 0 wait forever.
+    On rank 0 this is the same folder, without the broadcast.
+    """
+    if not trainer.loggers:
+        return trainer.default_root_dir
+    logger = trainer.loggers[0]
+    return logger.log_dir if isinstance(logger, (TensorBoardLogger, CSVLogger)) else logger.save_dir
+
+
 def output_dir(trainer: pl.Trainer) -> Path | None:
-    """``trainer.log_dir`` as a created folder (None when the trainer has none)."""
-    if trainer.log_dir is None:
+    """The run folder (``trainer.log_dir``) as a created folder, None when there is none.
+
+    No collective: safe to call on rank 0 alone (the files are written there only).
+    """
+    log_dir = local_log_dir(trainer)
+    if log_dir is None:
         return None
-    out = Path(trainer.log_dir)
+    out = Path(log_dir)
     out.mkdir(parents=True, exist_ok=True)
     return out
 

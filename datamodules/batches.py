@@ -47,3 +47,14 @@ class IndexedTensorDataset(Dataset):
 def keep_batch(batch: dict) -> dict:
     """collate_fn for datasets whose ``__getitems__`` already returns a batch."""
     return batch
+
+
+def training_part(batch: dict) -> dict:
+    """The batch the training step's per-sample outputs refer to.
+
+    A plain batch is itself; a ``{"train": batch, "meta": batch}`` batch from a
+    ``CombinedLoader`` (the datamodule's ``meta_size`` > 0, Meta-Weight-Net) is its ``train`` part.
+    """
+    if "image" not in batch and "train" in batch:
+        return batch["train"]
+    return batch

@@ -210,9 +210,13 @@ class CoTeaching(EvaluationMixin, pl.LightningModule):
         # backward per step. Under 16-mixed Lightning updates the loss scale after *each* step, so a
         # scale change at opt1's step mis-scales network 2's gradients for that one step (docs/cluster.md).
         self.manual_backward(out["update1"] + out["update2"])
-        if out["pick2"].numel():  # an empty selection (co-teaching+) means no update, not a momentum step
+        # An empty selection (co-teaching+) means no update, not a momentum step. The gradients are
+        # averaged over all processes, so whether to step is decided over all of them too: a process
+        # skipping a step that another one takes would leave the replicas apart for good.
+        picked1, picked2 = self.selected_anywhere(out["pick1"], out["pick2"])
+        if picked2:
             opt1.step()
-        if out["pick1"].numel():
+        if picked1:
             opt2.step()
         if self.optimizer_factory is not None:
             for scheduler in self.lr_schedulers():
@@ -249,6 +253,13 @@ class CoTeaching(EvaluationMixin, pl.LightningModule):
         index = self.trainer.datamodule.train_indices.to(counts.device)
         score = counts[1, index] / counts[0, index].clamp_min(1)
         return {"index": index.cpu(), "score": score.cpu(), "suggested": pred[index].long().cpu()}
+
+    def selected_anywhere(self, *picks: torch.Tensor) -> list[bool]:
+        """For each selection: is it non-empty on at least one process (this one alone without DDP)?"""
+        counts = torch.tensor([p.numel() for p in picks], device=self.device)
+        if self.trainer.world_size > 1:
+            counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
+        return [bool(c > 0) for c in counts.tolist()]
 
     def _log_train(self, batch: dict, out: dict, rate: float) -> None:
         n = len(batch["target"])
@@ -307,8 +318,9 @@ class CoTeaching(EvaluationMixin, pl.LightningModule):
         """Record losses during the last warm-up epoch; estimate R at the start of the next one."""
         warmup = self.hparams.auto_warmup_epochs
         if epoch >= warmup and self._loss_record is not None:
-            seen = torch.isfinite(self._loss_record)
-            self.forget_rate = sel.estimate_forget_rate(self._loss_record[seen], seed=0)
+            record = self.merged_loss_record()
+            seen = torch.isfinite(record)
+            self.forget_rate = sel.estimate_forget_rate(record[seen], seed=0)
             self._loss_record = None
             self.print(f"co-teaching: estimated forget_rate {self.forget_rate:.4f}")
         elif epoch >= warmup - 1 and self._loss_record is None:
@@ -323,14 +335,29 @@ class CoTeaching(EvaluationMixin, pl.LightningModule):
             if true_rate is not None:
                 self.log("train/actual_noise_rate", float(true_rate), on_step=False, on_epoch=True)
 
+    def merged_loss_record(self) -> torch.Tensor:
+        """The loss record of every process in one: under DDP each one records only the samples of
+        its share, and an estimate from one share would differ from process to process.
+
+        A collective: every process must call it (epoch starts and checkpoint saves are on all).
+        """
+        record = self._loss_record
+        if self.trainer.world_size == 1:
+            return record
+        gathered = self.all_gather(record)  # [W, N], NaN where a process did not see the sample
+        owner = torch.isfinite(gathered).float().argmax(0)  # first process that did (0 when none)
+        return gathered[owner, torch.arange(gathered.shape[1], device=gathered.device)]
+
     # ----------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Add what the weights, optimisers and loop state do not hold: the (estimated) forget
-        rate and the loss record of an unfinished estimate. (RNG states: ``callbacks/rng_state.py``,
-        a default callback of train.py.)"""
+        rate and the loss record of an unfinished estimate, merged over processes (only rank 0's
+        checkpoint is written). ``Trainer.save_checkpoint`` runs on every process, so the merge may
+        gather. (RNG states: ``callbacks/exact_resume.py``, a default callback of train.py.)"""
+        record = None if self._loss_record is None else self.merged_loss_record()
         checkpoint[CKPT_KEY] = {
             "forget_rate": self.forget_rate,
-            "loss_record": None if self._loss_record is None else self._loss_record.cpu(),
+            "loss_record": None if record is None else record.cpu(),
             "selection": None if self._selection is None else self._selection.cpu(),
         }
 

@@ -137,6 +137,13 @@ class MetaWeightNet(EvaluationMixin, pl.LightningModule):
             loaded by ``lightning_modules.pretrained.load_backbone_weights``.
     """
 
+    #: read by ``performance.Performance`` (verified: "torch.compile with aot_autograd does not currently
+    #: support double backward", torch 2.14)
+    compile_refusal = (
+        "its virtual step differentiates through the backbone's gradient (a double backward), which "
+        "torch.compile (aot_autograd) does not support"
+    )
+
     def __init__(
         self,
         backbone: nn.Module,

@@ -16,9 +16,12 @@ MetaWeightNet... stay free of it and a YAML switches it on for all of them::
   convolutions prefer under mixed precision. Parameters keep their identity
   (``module.to(memory_format=...)`` rewrites ``.data``), so optimisers built
   later or earlier are unaffected; checkpoints load either way.
-* ``compile``: ``nn.Module.compile()`` on each backbone *in place*: the state
-  dict keeps its keys (``torch.compile(module)`` would prefix them with
-  ``_orig_mod.`` and break checkpoints between compiled and plain runs).
+* ``compile``: ``nn.Module.compile()`` on each backbone's encoder (``features``)
+  *in place*: the state dict keeps its keys (``torch.compile(module)`` would
+  prefix them with ``_orig_mod.`` and break checkpoints between compiled and
+  plain runs). Applied when fitting (testing, ...) starts, on the module's
+  device. A module with a ``compile_refusal`` (Meta-Weight-Net: double
+  backward) is refused with that reason before training.
 
 The backbones are the module's direct children that are
 ``backbones.Backbone`` instances (``backbone``, ``net1``/``net2``, ...), or the
@@ -52,6 +55,13 @@ def find_backbones(pl_module: nn.Module, names: Sequence[str] | None = None) -> 
             f"with Performance(modules=[...]) among {children}"
         )
     return found
+
+
+def compile_target(module: nn.Module) -> nn.Module:
+    """What to compile of a backbone: its encoder ``features``, which every method calls (SimCLR and
+    the kNN monitor call ``backbone.features`` directly, bypassing the backbone's own ``__call__``);
+    any other module as a whole."""
+    return module.features if isinstance(module, Backbone) else module
 
 
 def to_channels_last(batch: Any) -> Any:
@@ -92,17 +102,47 @@ class Performance(pl.Callback):
         self.channels_last, self.compile = channels_last, compile
         self.compile_mode, self.modules = compile_mode, modules
         self.applied_to: list[str] = []
+        self.compiled = False
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Runs before ``configure_optimizers`` and before a checkpoint is restored (both work either way)."""
+        """channels_last: before ``configure_optimizers`` and a checkpoint restore (both work either way)."""
         if self.applied_to:
             return
+        refusal = getattr(pl_module, "compile_refusal", None)
+        if self.compile and refusal:
+            raise ValueError(
+                f"Performance(compile=True) cannot be used with {type(pl_module).__name__}: {refusal}; "
+                "set compile: false (channels_last and mixed precision still apply)"
+            )
         for name, module in find_backbones(pl_module, self.modules).items():
             if self.channels_last:
                 module.to(memory_format=torch.channels_last)
-            if self.compile:
-                module.compile(mode=self.compile_mode)
             self.applied_to.append(name)
+
+    def _compile(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Compile once the module sits on its device, right before the first real batch.
+
+        Not in ``setup``: the module's own ``setup`` runs after the callbacks' and probes each
+        backbone with a forward pass on the CPU (``classifier.check_backbone``); a backbone compiled
+        by then is compiled once more, for that probe, on every process.
+        """
+        if not self.compile or self.compiled:
+            return
+        for module in find_backbones(pl_module, self.modules).values():
+            compile_target(module).compile(mode=self.compile_mode)
+        self.compiled = True
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._compile(trainer, pl_module)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._compile(trainer, pl_module)
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._compile(trainer, pl_module)
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._compile(trainer, pl_module)
 
     def _batch(self, batch: Any) -> None:
         if self.channels_last:
