@@ -53,3 +53,26 @@ def run_train(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.Comp
         timeout=timeout,
     )
     return proc
+
+
+def score_test_split(checkpoint: Path, backbone, data_dir: Path) -> tuple[float, float]:
+    """(accuracy, macro-F1) of a Classifier checkpoint on the CIFAR-10 test split in ``data_dir``,
+    from a forward pass and scikit-learn: what a run's reported ``test/acc`` and ``test/f1`` must equal."""
+    import torch
+    from sklearn.metrics import f1_score
+
+    from datamodules import NoisyCIFAR10
+    from lightning_modules import Classifier
+
+    model = Classifier(backbone)
+    model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"])
+    model.eval()
+    dm = NoisyCIFAR10(data_dir=str(data_dir), val_size=100)
+    dm.setup("test")
+    preds, targets = [], []
+    with torch.no_grad():
+        for batch in dm.test_dataloader():
+            preds.append(model(dm.eval_transform(batch["image"])).argmax(1))
+            targets.append(batch["target"])
+    pred, target = torch.cat(preds).numpy(), torch.cat(targets).numpy()
+    return float((pred == target).mean()), float(f1_score(target, pred, average="macro", labels=range(10)))
