@@ -323,3 +323,28 @@ def test_resume_from_last_checkpoint_is_exact(tmp_path, fake_cifar10_dir):
             assert torch.equal(s_a["exp_avg"], s_b["exp_avg"]) and torch.equal(s_a["exp_avg_sq"], s_b["exp_avg_sq"])
     # and it is not trivially equal: the first epoch's weights differ from the second's
     assert not torch.equal(first["state_dict"]["net1.features.0.weight"], a["net1.features.0.weight"])
+
+
+# ------------------------------------------- edges pinned by mutation testing (docs/mutation.md)
+def _bimodal(n_clean: int = 700, n_noisy: int = 300, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([0.2 * torch.rand(n_clean, generator=g), 2.0 + 0.5 * torch.randn(n_noisy, generator=g)])
+
+
+def test_estimate_forget_rate_is_scale_free_and_clipped():
+    losses = _bimodal()
+    rate = sel.estimate_forget_rate(losses)
+    assert rate == pytest.approx(0.3, abs=0.03)
+    assert sel.estimate_forget_rate(losses * 0.01) == pytest.approx(rate, abs=1e-3)  # min-max normalised
+    assert sel.estimate_forget_rate(losses) == sel.estimate_forget_rate(losses, seed=0)  # default seed 0
+    g = torch.Generator().manual_seed(0)
+    mostly_noisy = torch.cat([0.05 * torch.rand(30, generator=g), 1 + 0.05 * torch.rand(970, generator=g)])
+    assert sel.estimate_forget_rate(mostly_noisy, max_rate=0.99) == pytest.approx(0.97, abs=1e-3)
+    assert sel.estimate_forget_rate(mostly_noisy) == 0.95  # clipped to a valid forget_rate
+
+
+def test_estimate_forget_rate_input_checks():
+    assert 0.0 <= sel.estimate_forget_rate(torch.tensor([0.1, 0.9])) <= 0.95  # two losses are enough
+    for bad in (torch.tensor([0.5]), torch.tensor([0.1, float("nan"), 0.3])):
+        with pytest.raises(ValueError, match=rf"^need at least 2 finite losses to estimate a forget rate, got {len(bad)}$"):
+            sel.estimate_forget_rate(bad)
