@@ -3,6 +3,7 @@
 #
 #   scripts/mutation_test.sh                 # every target below, one after the other
 #   scripts/mutation_test.sh noise mwnet     # some of them
+#   MUTANTS="datamodules.noise.x_apply_noise__mutmut_11 ..." scripts/mutation_test.sh noise  # re-check survivors
 #
 # Each target runs in its own copy of the work tree (tracked and untracked, not ignored,
 # files) under $MUTATION_WORK (default /tmp/mutation/<target>), with a [tool.mutmut] section
@@ -19,15 +20,18 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${MUTATION_WORK:-/tmp/mutation}
 
-# target -> "source file|test files and pytest options|mutant-name globs (empty: the whole file)"
+# target -> "source file|test files and pytest options|functions to mutate (empty: the whole file)"
+# Functions not listed are marked "# pragma: no mutate block" in the copy: mutmut then leaves them
+# as they are (its trampolines would hide a LightningModule __init__'s arguments from
+# save_hyperparameters, which reads them from the caller's frame).
 declare -A TARGETS=(
   [noise]="datamodules/noise.py|tests/test_noise.py|"
   [losses]="lightning_modules/losses.py|tests/test_losses.py tests/test_given_labels.py|"
   [selection]="lightning_modules/selection.py|tests/test_coteaching.py tests/test_train_metrics.py -k 'not resume'|"
   [schedules]="lightning_modules/schedules.py|tests/test_schedules.py|"
-  [mwnet]="lightning_modules/meta_weight_net.py|tests/test_meta_weight_net.py tests/test_given_labels.py tests/test_train_metrics.py|x_weighted_loss__mutmut_* x_meta_loss_fn__mutmut_* x_virtual_meta_loss__mutmut_* xǁWeightingNetǁforward__mutmut_* xǁMetaWeightNetǁtraining_step__mutmut_* xǁMetaWeightNetǁper_sample_loss__mutmut_*"
-  [classifier]="lightning_modules/classifier.py|tests/test_given_labels.py tests/test_train_metrics.py tests/test_losses.py|xǁClassifierǁtraining_step__mutmut_* xǁClassifierǁloss__mutmut_* xǁClassifierǁforward__mutmut_*"
-  [coteaching]="lightning_modules/coteaching.py|tests/test_coteaching.py tests/test_given_labels.py tests/test_train_metrics.py -k 'not resume'|xǁCoTeachingǁcompute_updates__mutmut_* xǁCoTeachingǁtraining_step__mutmut_* xǁCoTeachingǁcurrent_forget_rate__mutmut_* xǁCoTeachingǁon_train_epoch_start__mutmut_* xǁCoTeachingǁ_log_train__mutmut_*"
+  [mwnet]="lightning_modules/meta_weight_net.py|tests/test_meta_weight_net.py tests/test_given_labels.py tests/test_train_metrics.py|weighted_loss meta_loss_fn virtual_meta_loss WeightingNet.forward MetaWeightNet.training_step MetaWeightNet.per_sample_loss"
+  [classifier]="lightning_modules/classifier.py|tests/test_given_labels.py tests/test_train_metrics.py tests/test_losses.py|Classifier.training_step Classifier.loss Classifier.forward"
+  [coteaching]="lightning_modules/coteaching.py|tests/test_coteaching.py tests/test_given_labels.py tests/test_train_metrics.py -k 'not resume'|CoTeaching.compute_updates CoTeaching.training_step CoTeaching.current_forget_rate CoTeaching.on_train_epoch_start CoTeaching._log_train"
 )
 ORDER=(noise losses selection schedules mwnet classifier coteaching)
 
@@ -55,9 +59,28 @@ pytest_add_cli_args_test_selection = $(toml_list "${test_args[@]}")
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]
 also_copy = ["datamodules", "lightning_modules", "callbacks", "tests", "train.py", "configs", "scripts"]
 EOF
+  if [[ -n $globs ]]; then  # leave every other function of the file alone
+    python3 - "$dir/$source" $globs <<'PY'
+import ast, sys
+path, keep = sys.argv[1], set(sys.argv[2:])
+lines = open(path).read().split("\n")
+tree = ast.parse("\n".join(lines))
+functions = [(f.name, f) for f in tree.body if isinstance(f, ast.FunctionDef)]
+for c in (c for c in tree.body if isinstance(c, ast.ClassDef)):
+    functions += [(f"{c.name}.{f.name}", f) for f in c.body if isinstance(f, ast.FunctionDef)]
+for name, f in functions:
+    if name in keep:
+        continue
+    header = f.body[0].lineno - 2  # the line holding the def's colon (0-based)
+    while not lines[header].rstrip().endswith(":"):
+        header -= 1
+    lines[header] = lines[header].rstrip() + "  # pragma: no mutate block"
+open(path, "w").write("\n".join(lines))
+PY
+  fi
   local patterns=()
-  for g in $globs; do patterns+=("$module.$g"); done
-  echo "== $name: mutating $source ${patterns[*]:-(whole file)} with ${test_args[*]}"
+  if [[ -n ${MUTANTS:-} ]]; then read -r -a patterns <<<"$MUTANTS"; fi  # re-check only these (full names)
+  echo "== $name: mutating $source: ${globs:-the whole file} ${patterns[*]} with ${test_args[*]}"
   local start=$SECONDS
   (cd "$dir" && mutmut run "${patterns[@]}" >run.log 2>&1) || true  # the counts below tell what happened
   # the status of every mutant of the selected functions ("name: status" lines), and their counts
@@ -74,7 +97,7 @@ json.dump(counts | {"total": len(rows)}, open("summary.json", "w"))
 ' "${patterns[@]}")
   : >"$dir/survivors.txt"
   for m in $(awk -F': ' '$2 != "killed" {print $1}' "$dir/results.txt"); do
-    (cd "$dir" && echo "## $m ($(grep -F "$m:" results.txt | cut -d' ' -f2-))" && mutmut show "$m" | grep -E '^[-+] ' && echo) >>"$dir/survivors.txt"
+    (cd "$dir" && echo "## $m ($(grep -F "$m:" results.txt | cut -d' ' -f2-))" && mutmut show "$m" | grep -E '^[-+]([^-+]|$)' && echo) >>"$dir/survivors.txt"
   done
   echo "   $((SECONDS - start)) s: $(cat "$dir/summary.json")"
   echo "   survivors: $dir/survivors.txt"
