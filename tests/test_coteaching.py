@@ -348,3 +348,24 @@ def test_estimate_forget_rate_input_checks():
     for bad in (torch.tensor([0.5]), torch.tensor([0.1, float("nan"), 0.3])):
         with pytest.raises(ValueError, match=rf"^need at least 2 finite losses to estimate a forget rate, got {len(bad)}$"):
             sel.estimate_forget_rate(bad)
+
+
+def test_select_small_loss_breaks_ties_by_position():
+    """Equal losses (e.g. saturated ones): the earliest positions are kept, so the pick is deterministic."""
+    losses = torch.zeros(5000)
+    losses[::3] = 1.0
+    kept = sel.select_small_loss(losses, 0.5)
+    zeros = [i for i in range(5000) if i % 3]  # positions of the smaller loss, in order
+    assert kept.tolist() == zeros[:2500]
+
+
+def test_schedule_defaults_and_argument_errors():
+    assert sel.forget_rate_at(5, 0.5) == pytest.approx(0.25)  # T_k = 10 epochs, linear (c = 1)
+    assert sel.adam_plan(0, 200, 80) == pytest.approx((1e-3, 0.9))  # reference lr and beta1
+    assert sel.adam_plan(80, 200, 80) == pytest.approx((1e-3, 0.1))  # beta1 switches to 0.1
+    assert sel.adam_plan(9, 10, 9) == pytest.approx((1e-3, 0.1))  # a one-epoch decay starts at the full lr
+    with pytest.raises(ValueError, match="^num_gradual must be >= 1, got 0$"):
+        sel.forget_rate_at(1, 0.5, num_gradual=0)
+    for c in (0, -1.0):
+        with pytest.raises(ValueError, match=rf"^exponent must be > 0, got {c}$"):
+            sel.forget_rate_at(1, 0.5, exponent=c)
