@@ -275,8 +275,8 @@ def _normalised(w: torch.Tensor, losses: torch.Tensor, norm: str) -> torch.Tenso
     return (w * losses).sum() / (w.sum() if norm == "sum" else len(losses))
 
 
-@pytest.mark.parametrize("norm", ["sum", "batch"])
-def test_real_step_uses_the_updated_weighting_net_and_the_current_lr(norm):
+@pytest.mark.parametrize("norm, meta_kind", [("sum", "ce"), ("batch", "mae")])
+def test_real_step_uses_the_updated_weighting_net_and_the_current_lr(norm, meta_kind):
     """One step of the module against the paper's Algorithm 1 written out by hand, with a warm-up
     schedule so that the optimiser's current lr (base / 3) differs from the configured one."""
     from lightning_modules.backbones import MLP
@@ -286,7 +286,7 @@ def test_real_step_uses_the_updated_weighting_net_and_the_current_lr(norm):
     model = MetaWeightNet(MLP(input_channel=2, n_outputs=3, image_size=1, hidden=(8,)), num_classes=3, hidden=5,
                           optimizer=lambda p: torch.optim.SGD(p, lr=base_lr),
                           meta_optimizer=lambda p: torch.optim.SGD(p, lr=meta_lr), warmup_epochs=3,
-                          weight_norm=norm)
+                          weight_norm=norm, meta_loss=meta_kind)
     theta0 = [p.detach().clone() for p in model.backbone.parameters()]  # w1, b1, w2, b2
     v0 = [p.detach().clone() for p in model.weighting_net.parameters()]  # a1, c1, a2, c2
     dm, keep = _MetaBlobs(), _KeepStep()
@@ -305,7 +305,11 @@ def test_real_step_uses_the_updated_weighting_net_and_the_current_lr(norm):
         w = _vnet_by_hand(losses.detach(), *v)
         grads = torch.autograd.grad(_normalised(w, losses, norm), theta, create_graph=True)
         virtual = [t - step_lr * g for t, g in zip(theta, grads)]
-        meta = F.cross_entropy(_mlp_by_hand(xm, *virtual), ym)
+        logits_m = _mlp_by_hand(xm, *virtual)
+        if meta_kind == "ce":
+            meta = F.cross_entropy(logits_m, ym)
+        else:  # 1 - p of the clean label
+            meta = (1 - logits_m.softmax(1)[torch.arange(len(ym)), ym]).mean()
         return [t - meta_lr * g for t, g in zip(v0, torch.autograd.grad(meta, v))]
 
     v1 = meta_step(lr)
@@ -329,3 +333,16 @@ def test_real_step_uses_the_updated_weighting_net_and_the_current_lr(norm):
     grads = torch.autograd.grad(real, theta)
     for got, t, g in zip(model.backbone.parameters(), theta0, grads):
         torch.testing.assert_close(got.detach(), t - lr * g, rtol=1e-5, atol=1e-7)
+
+
+def test_module_per_sample_gce_uses_its_q_and_a_plain_batch_is_refused():
+    from lightning_modules.backbones import MLP
+
+    model = MetaWeightNet(MLP(input_channel=2, n_outputs=3, image_size=1, hidden=(4,)), num_classes=3,
+                          loss="gce", gce_q=0.3)
+    logits, y = torch.tensor([[2.0, 0.0, -1.0], [0.1, 0.2, 0.3]]), torch.tensor([0, 2])
+    p = logits.softmax(1)[torch.arange(2), y]
+    torch.testing.assert_close(model.per_sample_loss(logits, y), (1 - p ** 0.3) / 0.3)
+    with pytest.raises(ValueError, match=r"^MetaWeightNet expects \{'train': batch, 'meta': batch\}; "
+                                         r"set the datamodule's meta_size > 0$"):
+        model.training_step({"image": torch.zeros(2, 2), "target": y}, 0)
