@@ -326,6 +326,10 @@ def test_real_step_uses_the_updated_weighting_net_and_the_current_lr(norm, meta_
     real = _normalised(w1, losses, norm)
     out = keep.outputs
     torch.testing.assert_close(out["weights"], w1, rtol=1e-5, atol=1e-7)
+    # what LabelNoiseDiagnostics reads: the per-sample losses and logits of the real step
+    torch.testing.assert_close(out["per_sample_loss"], losses.detach(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(out["logits"], _mlp_by_hand(x, *theta0), rtol=1e-5, atol=1e-6)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(2 * base_lr / 3)  # schedule stepped once
     assert out["loss"].item() == pytest.approx(real.item(), rel=1e-5)
     # the test can tell: the old V's weights, or the plain mean, give other losses
     assert abs(_normalised(w0, losses, norm).item() - real.item()) > 1e-4
@@ -346,3 +350,21 @@ def test_module_per_sample_gce_uses_its_q_and_a_plain_batch_is_refused():
     with pytest.raises(ValueError, match=r"^MetaWeightNet expects \{'train': batch, 'meta': batch\}; "
                                          r"set the datamodule's meta_size > 0$"):
         model.training_step({"image": torch.zeros(2, 2), "target": y}, 0)
+
+
+def test_pure_parts_defaults_and_messages():
+    """Defaults documented in the module: ``sum`` normalisation, ``ce`` meta loss; exact errors."""
+    losses, w = torch.tensor([1.0, 2.0, 4.0]), torch.tensor([0.25, 0.125, 0.125])  # weights sum to 0.5
+    assert weighted_loss(losses, w).item() == pytest.approx((0.25 + 0.25 + 0.5) / 0.5)  # sum w L / sum w
+    logits, y = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]]), torch.tensor([0, 2])
+    assert meta_loss_fn(logits, y).item() == pytest.approx(F.cross_entropy(logits, y).item())
+    with pytest.raises(ValueError, match=r"^unknown weight_norm 'mean'; allowed: sum, batch, none$"):
+        weighted_loss(losses, w, "mean")
+    with pytest.raises(ValueError, match=r"^unknown meta_loss 'mse'; allowed: ce, mae$"):
+        meta_loss_fn(logits, y, "mse")
+    torch.manual_seed(0)
+    model, vnet = nn.Linear(2, 3), WeightingNet(hidden=4)
+    x, xm = torch.randn(6, 2), torch.randn(4, 2)
+    yt, ym = torch.tensor([0, 1, 2, 0, 1, 2]), torch.tensor([0, 1, 2, 0])
+    default = virtual_meta_loss(model, vnet, x, yt, xm, ym, 0.5, per_sample_ce)
+    assert default.item() == virtual_meta_loss(model, vnet, x, yt, xm, ym, 0.5, per_sample_ce, "sum", "ce").item()
