@@ -8,6 +8,8 @@ counted by hand from the tables in ``BATCHES``.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -67,9 +69,9 @@ class FixedBatches(pl.LightningDataModule):
         return torch.utils.data.DataLoader(self.batches, batch_size=None)
 
 
-def fit(model: pl.LightningModule, meta: bool = False, max_epochs: int = 1) -> dict:
+def fit(model: pl.LightningModule, meta: bool = False, max_epochs: int = 1, callbacks=()) -> dict:
     trainer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks))
     trainer.fit(model, datamodule=FixedBatches(meta))
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
@@ -78,10 +80,32 @@ def frozen_sgd(params):
     return torch.optim.SGD(params, lr=0.0)
 
 
+def _hand_ce(spec: dict) -> list[float]:
+    """Cross-entropy of logits ``scale * one_hot(pred)`` against the given label, by hand."""
+    out = []
+    for i, (p, t) in enumerate(zip(spec["pred"], spec["target"])):
+        s = 5.0 + 0.5 * i
+        out.append(math.log(math.exp(s) + C - 1) - (s if p == t else 0.0))
+    return out
+
+
+class KeepOutputs(pl.Callback):
+    def __init__(self):
+        self.outputs = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.outputs.append(outputs)
+
+
 def test_classifier_noisy_and_clean_accuracy_by_hand():
-    m = fit(Classifier(IdentityBackbone(), num_classes=C, optimizer=frozen_sgd))
+    keep = KeepOutputs()
+    m = fit(Classifier(IdentityBackbone(), num_classes=C, optimizer=frozen_sgd), callbacks=[keep])
     assert m["train/acc_noisy"] == pytest.approx(ACC_NOISY)
     assert m["train/acc_clean"] == pytest.approx(ACC_CLEAN)
+    per_batch = [_hand_ce(spec) for spec in BATCHES]
+    assert m["train/loss"] == pytest.approx(sum(map(sum, per_batch)) / 15, rel=1e-5)  # sample-weighted
+    for out, want in zip(keep.outputs, per_batch):  # what LabelNoiseDiagnostics reads
+        torch.testing.assert_close(out["per_sample_loss"], torch.tensor(want), rtol=1e-5, atol=1e-6)
 
 
 def test_meta_weight_net_noisy_and_clean_accuracy_by_hand():
