@@ -106,6 +106,8 @@ def test_classifier_noisy_and_clean_accuracy_by_hand():
     assert m["train/loss"] == pytest.approx(sum(map(sum, per_batch)) / 15, rel=1e-5)  # sample-weighted
     for out, want in zip(keep.outputs, per_batch):  # what LabelNoiseDiagnostics reads
         torch.testing.assert_close(out["per_sample_loss"], torch.tensor(want), rtol=1e-5, atol=1e-6)
+    for out, spec in zip(keep.outputs, BATCHES):  # logits = the images (identity network)
+        torch.testing.assert_close(out["logits"], batch(spec, 0)["image"].flatten(1))
 
 
 def test_meta_weight_net_noisy_and_clean_accuracy_by_hand():
