@@ -102,6 +102,7 @@ def test_classifier_noisy_and_clean_accuracy_by_hand():
     m = fit(Classifier(IdentityBackbone(), num_classes=C, optimizer=frozen_sgd), callbacks=[keep])
     assert m["train/acc_noisy"] == pytest.approx(ACC_NOISY)
     assert m["train/acc_clean"] == pytest.approx(ACC_CLEAN)
+    assert not [k for k in m if k.endswith("_step")]  # epoch values only: no per-step series
     per_batch = [_hand_ce(spec) for spec in BATCHES]
     assert m["train/loss"] == pytest.approx(sum(map(sum, per_batch)) / 15, rel=1e-5)  # sample-weighted
     for out, want in zip(keep.outputs, per_batch):  # what LabelNoiseDiagnostics reads
