@@ -45,6 +45,50 @@ def real_cifar10_dir(tmp_path_factory) -> Path:
     return root
 
 
+# set by pl.seed_everything and Trainer(deterministic=True) in many tests: put back after each one
+_RESTORED_ENV = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "CUBLAS_WORKSPACE_CONFIG")
+
+
+def _torch_settings() -> tuple:
+    import torch
+
+    return torch.get_num_threads(), torch.get_default_dtype(), torch.is_grad_enabled()
+
+
+@pytest.fixture(scope="session")
+def session_settings() -> dict:
+    """Process-wide settings as the session started (before any test or module fixture ran)."""
+    import torch
+
+    return {"torch": _torch_settings(), "deterministic": torch.are_deterministic_algorithms_enabled(),
+            "env": {k: os.environ.get(k) for k in _RESTORED_ENV}}
+
+
+@pytest.fixture(autouse=True)
+def no_global_state_leaks(request, session_settings):
+    """A test (or a module fixture it uses) must not change process-wide settings for the tests after it.
+
+    Thread count, default dtype and grad mode must come back as the session started
+    (a leak fails the test that caused it, at teardown, and is undone); the seed and
+    determinism settings that Lightning sets as a side effect are put back silently.
+    """
+    import torch
+
+    yield
+    torch.use_deterministic_algorithms(session_settings["deterministic"])
+    for k, v in session_settings["env"].items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    before, after = session_settings["torch"], _torch_settings()
+    if after != before:
+        torch.set_num_threads(before[0])
+        torch.set_default_dtype(before[1])
+        torch.set_grad_enabled(before[2])
+        pytest.fail(f"{request.node.nodeid} left (threads, default dtype, grad mode) = {after}, was {before}")
+
+
 def run_train(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run ``python train.py ARGS`` as a user would; fail the test with its output on error."""
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore")
@@ -53,3 +97,26 @@ def run_train(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.Comp
         timeout=timeout,
     )
     return proc
+
+
+def score_test_split(checkpoint: Path, backbone, data_dir: Path) -> tuple[float, float]:
+    """(accuracy, macro-F1) of a Classifier checkpoint on the CIFAR-10 test split in ``data_dir``,
+    from a forward pass and scikit-learn: what a run's reported ``test/acc`` and ``test/f1`` must equal."""
+    import torch
+    from sklearn.metrics import f1_score
+
+    from datamodules import NoisyCIFAR10
+    from lightning_modules import Classifier
+
+    model = Classifier(backbone)
+    model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"])
+    model.eval()
+    dm = NoisyCIFAR10(data_dir=str(data_dir), val_size=100)
+    dm.setup("test")
+    preds, targets = [], []
+    with torch.no_grad():
+        for batch in dm.test_dataloader():
+            preds.append(model(dm.eval_transform(batch["image"])).argmax(1))
+            targets.append(batch["target"])
+    pred, target = torch.cat(preds).numpy(), torch.cat(targets).numpy()
+    return float((pred == target).mean()), float(f1_score(target, pred, average="macro", labels=range(10)))

@@ -17,7 +17,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 import hog_svm  # noqa: E402
+from conftest import score_test_split  # noqa: E402
 from datamodules import NoisyCIFAR10  # noqa: E402
+from lightning_modules.backbones import MLP  # noqa: E402
 
 
 def test_hog_features_match_skimage_and_size():
@@ -111,7 +113,11 @@ def test_mlp_config_runs_through_the_cli_and_prints_metrics(fake_cifar10_dir, tm
     printed = capsys.readouterr().out
     assert re.search(r"^test: acc \d\.\d{4}  macro-F1 \d\.\d{4}", printed, re.M)
     results = json.loads(next(tmp_path.rglob("test_results.json")).read_text())
-    assert 0.0 <= results["test"]["test/acc"] <= 1.0 and "test/f1" in results["test"]
+    acc, f1 = score_test_split(Path(results["test"]["checkpoint"]), MLP(n_outputs=10, hidden=(512, 256)),
+                              fake_cifar10_dir)
+    assert results["test"]["test/acc"] == pytest.approx(acc, abs=1e-6)
+    assert results["test"]["test/f1"] == pytest.approx(f1, abs=1e-6)
+    assert f"test: acc {acc:.4f}  macro-F1 {f1:.4f}" in printed
 
 
 @pytest.mark.parametrize("winner", hog_svm.ALPHA_CANDIDATES)

@@ -63,6 +63,7 @@ def run(fake_cifar10_dir, tmp_path_factory):
         if cb["class_path"] == "callbacks.ConfidentMistakes":
             cb["init_args"]["k"] = K_MISTAKES
     (tmp / "inspect.yaml").write_text(yaml.safe_dump(cfg))
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when pytest's own arguments are present
     try:
@@ -78,6 +79,7 @@ def run(fake_cifar10_dir, tmp_path_factory):
         ])
     finally:
         sys.argv = argv
+        torch.set_num_threads(threads)  # the tests after this module keep their thread count
     trainer = cli.trainer
     by_type = {type(cb): cb for cb in trainer.callbacks}
     log_dir = Path(trainer.log_dir)

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
+import torch
 import yaml
 from torch import nn
 
-from conftest import REPO, run_train
+from conftest import REPO, run_train, score_test_split
 
 sys.path.insert(0, str(REPO))
+from lightning_modules.backbones import CNN  # noqa: E402
 from train import main  # noqa: E402
 
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
@@ -85,7 +87,9 @@ def test_fit_then_test_from_the_command_line(tmp_path, fake_cifar10_dir, monkeyp
     assert Path(results["test_best"]["checkpoint"]).name == best[0]
     assert results["test_best"]["val_acc"] == pytest.approx(max(scalars["val/acc"]), abs=1e-6)
     test_acc = results["test"]["test/acc"]
-    assert 0.0 <= test_acc <= 1.0 and scalars["test/acc"] == [pytest.approx(test_acc, abs=1e-6)]
+    acc, f1 = score_test_split(log_dir / "checkpoints" / "last.ckpt", CNN(n_outputs=10, width=0.125), fake_cifar10_dir)
+    assert test_acc == pytest.approx(acc, abs=1e-6) and results["test"]["test/f1"] == pytest.approx(f1, abs=1e-6)
+    assert scalars["test/acc"] == [pytest.approx(test_acc, abs=1e-6)]
     assert f"test: acc {test_acc:.4f}" in proc.stdout
 
     # `train.py test` on the last checkpoint gives the same test accuracy
@@ -189,8 +193,13 @@ def test_config_parses_and_instantiates(config, tmp_path, monkeypatch):
     num_classes = getattr(cli.datamodule, "num_classes", None)
     if num_classes is not None and "num_classes" in cli.model.hparams:
         assert cli.model.hparams.num_classes == num_classes  # linked from the data
-    backbone = getattr(cli.model, "backbone", None)
-    head = getattr(backbone, "head", None)
-    if num_classes is not None and isinstance(head, (nn.Linear, nn.Sequential)) and "num_classes" in cli.model.hparams:
-        linear = head if isinstance(head, nn.Linear) else head[0]
-        assert linear.out_features == num_classes, f"{config}: backbone has {linear.out_features} outputs"
+    if num_classes is not None and "num_classes" in cli.model.hparams:
+        # every network the method trains (one backbone, or co-teaching's two) gives num_classes logits
+        nets = {name: net for name in ("backbone", "net1", "net2")
+                if isinstance(net := getattr(cli.model, name, None), nn.Module)}
+        assert nets, f"{config}: {type(cli.model).__name__} has none of backbone, net1, net2 to check"
+        image_shape = getattr(cli.datamodule, "image_shape", (3, 32, 32))
+        for name, net in nets.items():
+            with torch.no_grad():
+                n = net.eval()(torch.zeros(1, *image_shape)).shape[-1]
+            assert n == num_classes, f"{config}: {name} gives {n} outputs for {num_classes} classes"

@@ -103,3 +103,28 @@ def test_classifier_uses_the_configured_loss_and_checks_its_arguments():
         Classifier(backbone=LeNet(), loss="gce", gce_q=0.0)
     with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\), got 1.0"):
         Classifier(backbone=LeNet(), label_smoothing=1.0)
+
+
+# ------------------------------------------- defaults and bounds pinned by mutation testing (docs/mutation.md)
+def test_defaults_are_the_documented_ones():
+    """Called without the optional arguments: GCE q = 0.7 (the paper's), CE without smoothing, mean."""
+    logits, targets = torch.tensor(LOGITS), torch.tensor(TARGETS)
+    gce = [(1 - p ** 0.7) / 0.7 for p in p_true()]
+    ce = [-math.log(p) for p in p_true()]
+    assert generalized_cross_entropy(logits, targets).item() == pytest.approx(sum(gce) / 3, rel=1e-6)
+    assert cross_entropy(logits, targets).item() == pytest.approx(sum(ce) / 3, rel=1e-6)
+    assert classification_loss(logits, targets).item() == pytest.approx(sum(ce) / 3, rel=1e-6)
+    assert classification_loss(logits, targets, "gce").item() == pytest.approx(sum(gce) / 3, rel=1e-6)
+    per_sample = classification_loss(logits, targets, "gce", reduction="none")
+    torch.testing.assert_close(per_sample, torch.tensor(gce), rtol=1e-6, atol=1e-6)
+
+
+def test_check_loss_accepts_q_one_and_refuses_above():
+    from lightning_modules.losses import check_loss
+
+    check_loss("gce", 1.0)  # q = 1 is MAE (up to a factor 2): allowed
+    for q in (1.5, 2.0):
+        with pytest.raises(ValueError, match=rf"^gce_q must be in \(0, 1\], got {q}$"):
+            check_loss("gce", q)
+    with pytest.raises(ValueError, match="^label_smoothing is only defined for the ce loss$"):
+        classification_loss(torch.tensor(LOGITS), torch.tensor(TARGETS), "gce", label_smoothing=0.1)

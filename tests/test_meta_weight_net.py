@@ -230,3 +230,141 @@ def test_init_from_loads_the_encoder_only(tmp_path):
     assert not torch.equal(model.backbone.head.weight, source.head.weight)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         MetaWeightNet(CNN(n_outputs=10, width=0.125), init_from=str(tmp_path / "missing.ckpt"))
+
+
+# ------------------------------------------------ one real training step, by hand
+class _MetaBlobs(pl.LightningDataModule):
+    """One training batch and one clean meta batch of 2-D points, 3 classes."""
+
+    image_shape = (2, 1, 1)
+
+    def __init__(self):
+        super().__init__()
+        self.save_hyperparameters({"meta_size": 1})
+        g = torch.Generator().manual_seed(5)
+        y, ym = torch.arange(12) % 3, torch.arange(6) % 3
+        given = torch.tensor([0, 1, 2, 1, 1, 2, 0, 0, 2, 0, 1, 1])  # wrong at 3, 4, 6, 8, 9
+        self.train = {"image": torch.randn(12, 2, generator=g), "target": given, "clean_target": y,
+                      "index": torch.arange(12)}
+        self.meta = {"image": torch.randn(6, 2, generator=g), "target": ym, "clean_target": ym,
+                     "index": torch.arange(100, 106)}
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader([{"train": self.train, "meta": self.meta}], batch_size=None)
+
+
+class _KeepStep(pl.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.lr = trainer.optimizers[0].param_groups[0]["lr"]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.outputs = outputs
+
+
+def _mlp_by_hand(x, w1, b1, w2, b2):
+    """The MLP backbone (Flatten -> Linear -> ReLU -> Dropout(0) -> Linear) written out."""
+    return torch.relu(x.flatten(1) @ w1.T + b1) @ w2.T + b2
+
+
+def _vnet_by_hand(losses, a1, c1, a2, c2):
+    """The weighting net (Linear(1, h) -> ReLU -> Linear(h, 1) -> sigmoid) written out."""
+    return torch.sigmoid(torch.relu(losses[:, None] @ a1.T + c1) @ a2.T + c2).squeeze(1)
+
+
+def _normalised(w: torch.Tensor, losses: torch.Tensor, norm: str) -> torch.Tensor:
+    return (w * losses).sum() / (w.sum() if norm == "sum" else len(losses))
+
+
+@pytest.mark.parametrize("norm, meta_kind", [("sum", "ce"), ("batch", "mae")])
+def test_real_step_uses_the_updated_weighting_net_and_the_current_lr(norm, meta_kind):
+    """One step of the module against the paper's Algorithm 1 written out by hand, with a warm-up
+    schedule so that the optimiser's current lr (base / 3) differs from the configured one."""
+    from lightning_modules.backbones import MLP
+
+    base_lr, meta_lr = 0.3, 100.0  # a large meta step: the updated V differs measurably from the old one
+    torch.manual_seed(0)
+    model = MetaWeightNet(MLP(input_channel=2, n_outputs=3, image_size=1, hidden=(8,)), num_classes=3, hidden=5,
+                          optimizer=lambda p: torch.optim.SGD(p, lr=base_lr),
+                          meta_optimizer=lambda p: torch.optim.SGD(p, lr=meta_lr), warmup_epochs=3,
+                          weight_norm=norm, meta_loss=meta_kind)
+    theta0 = [p.detach().clone() for p in model.backbone.parameters()]  # w1, b1, w2, b2
+    v0 = [p.detach().clone() for p in model.weighting_net.parameters()]  # a1, c1, a2, c2
+    dm, keep = _MetaBlobs(), _KeepStep()
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[keep])
+    trainer.fit(model, datamodule=dm)
+    lr = base_lr / 3  # warm-up over 3 epochs of 1 step: factor (0 + 1) / 3 at the first step
+    assert keep.lr == pytest.approx(lr)
+    x, y, xm, ym = dm.train["image"], dm.train["target"], dm.meta["image"], dm.meta["target"]
+
+    def meta_step(step_lr: float) -> list[torch.Tensor]:
+        """Virtual SGD step of the classifier, meta loss, one SGD step of V: the updated V."""
+        theta = [t.clone().requires_grad_() for t in theta0]
+        v = [t.clone().requires_grad_() for t in v0]
+        losses = F.cross_entropy(_mlp_by_hand(x, *theta), y, reduction="none")
+        w = _vnet_by_hand(losses.detach(), *v)
+        grads = torch.autograd.grad(_normalised(w, losses, norm), theta, create_graph=True)
+        virtual = [t - step_lr * g for t, g in zip(theta, grads)]
+        logits_m = _mlp_by_hand(xm, *virtual)
+        if meta_kind == "ce":
+            meta = F.cross_entropy(logits_m, ym)
+        else:  # 1 - p of the clean label
+            meta = (1 - logits_m.softmax(1)[torch.arange(len(ym)), ym]).mean()
+        return [t - meta_lr * g for t, g in zip(v0, torch.autograd.grad(meta, v))]
+
+    v1 = meta_step(lr)
+    for got, want in zip(model.weighting_net.parameters(), v1):
+        torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-7)
+    wrong_lr = meta_step(base_lr)  # the configured lr instead of the current one gives another V
+    assert max((a - b).abs().max().item() for a, b in zip(v1, wrong_lr)) > 1e-4
+
+    # real step: weights from the UPDATED V on the losses of the (not yet updated) classifier
+    theta = [t.clone().requires_grad_() for t in theta0]
+    losses = F.cross_entropy(_mlp_by_hand(x, *theta), y, reduction="none")
+    with torch.no_grad():
+        w1, w0 = _vnet_by_hand(losses, *v1), _vnet_by_hand(losses, *v0)
+    real = _normalised(w1, losses, norm)
+    out = keep.outputs
+    torch.testing.assert_close(out["weights"], w1, rtol=1e-5, atol=1e-7)
+    # what LabelNoiseDiagnostics reads: the per-sample losses and logits of the real step
+    torch.testing.assert_close(out["per_sample_loss"], losses.detach(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(out["logits"], _mlp_by_hand(x, *theta0), rtol=1e-5, atol=1e-6)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(2 * base_lr / 3)  # schedule stepped once
+    assert out["loss"].item() == pytest.approx(real.item(), rel=1e-5)
+    # the test can tell: the old V's weights, or the plain mean, give other losses
+    assert abs(_normalised(w0, losses, norm).item() - real.item()) > 1e-4
+    assert abs(losses.mean().item() - real.item()) > 1e-4
+    grads = torch.autograd.grad(real, theta)
+    for got, t, g in zip(model.backbone.parameters(), theta0, grads):
+        torch.testing.assert_close(got.detach(), t - lr * g, rtol=1e-5, atol=1e-7)
+
+
+def test_module_per_sample_gce_uses_its_q_and_a_plain_batch_is_refused():
+    from lightning_modules.backbones import MLP
+
+    model = MetaWeightNet(MLP(input_channel=2, n_outputs=3, image_size=1, hidden=(4,)), num_classes=3,
+                          loss="gce", gce_q=0.3)
+    logits, y = torch.tensor([[2.0, 0.0, -1.0], [0.1, 0.2, 0.3]]), torch.tensor([0, 2])
+    p = logits.softmax(1)[torch.arange(2), y]
+    torch.testing.assert_close(model.per_sample_loss(logits, y), (1 - p ** 0.3) / 0.3)
+    with pytest.raises(ValueError, match=r"^MetaWeightNet expects \{'train': batch, 'meta': batch\}; "
+                                         r"set the datamodule's meta_size > 0$"):
+        model.training_step({"image": torch.zeros(2, 2), "target": y}, 0)
+
+
+def test_pure_parts_defaults_and_messages():
+    """Defaults documented in the module: ``sum`` normalisation, ``ce`` meta loss; exact errors."""
+    losses, w = torch.tensor([1.0, 2.0, 4.0]), torch.tensor([0.25, 0.125, 0.125])  # weights sum to 0.5
+    assert weighted_loss(losses, w).item() == pytest.approx((0.25 + 0.25 + 0.5) / 0.5)  # sum w L / sum w
+    logits, y = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]]), torch.tensor([0, 2])
+    assert meta_loss_fn(logits, y).item() == pytest.approx(F.cross_entropy(logits, y).item())
+    with pytest.raises(ValueError, match=r"^unknown weight_norm 'mean'; allowed: sum, batch, none$"):
+        weighted_loss(losses, w, "mean")
+    with pytest.raises(ValueError, match=r"^unknown meta_loss 'mse'; allowed: ce, mae$"):
+        meta_loss_fn(logits, y, "mse")
+    torch.manual_seed(0)
+    model, vnet = nn.Linear(2, 3), WeightingNet(hidden=4)
+    x, xm = torch.randn(6, 2), torch.randn(4, 2)
+    yt, ym = torch.tensor([0, 1, 2, 0, 1, 2]), torch.tensor([0, 1, 2, 0])
+    default = virtual_meta_loss(model, vnet, x, yt, xm, ym, 0.5, per_sample_ce)
+    assert default.item() == virtual_meta_loss(model, vnet, x, yt, xm, ym, 0.5, per_sample_ce, "sum", "ce").item()

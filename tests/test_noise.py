@@ -231,3 +231,43 @@ def test_empirical_matrix_by_hand():
     want = torch.tensor([[0.75, 0.25, 0], [0, 0.5, 0.5], [0, 0, 1]], dtype=torch.float64)  # class 2 unseen: identity
     torch.testing.assert_close(noise.empirical_transition_matrix(clean, noisy, 3), want)
     assert noise.actual_noise_rate(clean, noisy) == pytest.approx(2 / 6)
+
+
+# ------------------------------------------- edges pinned by mutation testing (docs/mutation.md)
+def test_error_messages_name_the_allowed_values_exactly():
+    allowed = "clean, symmetric, uniform, pairflip, asymmetric, human"
+    with pytest.raises(ValueError, match=re.escape(f"unknown noise_type 'gaussian'; allowed: {allowed}")):
+        noise.check_noise_type("gaussian")
+    with pytest.raises(ValueError, match=r"^asymmetric noise needs a class map; this dataset defines none$"):
+        noise.flip_distribution("asymmetric", 10)
+    with pytest.raises(ValueError, match=r"^noise_type 'human' has no flip distribution"):
+        noise.flip_distribution("human", 10)
+
+
+@pytest.mark.parametrize("entry", [{10: 1}, {1: 10}])
+def test_class_map_entry_equal_to_the_class_count_is_outside(entry):
+    """Classes are 0..C-1: an entry naming class C is refused with the range, not an IndexError."""
+    with pytest.raises(ValueError, match=r"outside 0\.\.9"):
+        noise.flip_distribution("asymmetric", 10, entry)
+
+
+def test_uniform_flip_distribution_is_exact_in_float64():
+    f = noise.flip_distribution("uniform", 3)
+    assert f.dtype == torch.float64 and f[0, 0].item() == 1.0 / 3  # 1/3 rounded once, in double precision
+
+
+def test_noisy_labels_are_int64_whatever_the_input_dtype():
+    draw = noise.apply_noise(CLEAN[:100].to(torch.int32), "symmetric", 0.5, C, seed=0)
+    assert draw.noisy.dtype == torch.int64 and draw.selected.dtype == torch.bool
+
+
+def test_clean_noise_selects_nothing_even_with_a_rate():
+    """``clean`` is the identity flip: whatever the rate, no sample counts as selected."""
+    draw = noise.apply_noise(CLEAN, "clean", 0.5, C, seed=0)
+    assert torch.equal(draw.noisy, CLEAN) and not draw.selected.any()
+
+
+def test_empirical_matrix_rows_with_a_single_sample():
+    clean, noisy = torch.tensor([0, 1, 1]), torch.tensor([2, 1, 0])  # class 0 seen once, flipped to 2
+    want = torch.tensor([[0, 0, 1], [0.5, 0.5, 0], [0, 0, 1]], dtype=torch.float64)
+    torch.testing.assert_close(noise.empirical_transition_matrix(clean, noisy, 3), want)

@@ -14,6 +14,8 @@ steps, bit-identical.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -114,6 +116,31 @@ def test_resident_copies_shared_tensors_once_and_keeps_rows():
     assert train.images.device.type == "cpu"  # the original dataset is untouched
     cpu_again = resident(train, torch.device("cpu"))
     assert torch.equal(cpu_again.__getitems__([0, 2])["image"], images[[0, 4]])
+
+
+def _batches_on(device: torch.device, data_dir, resident_on_device: bool) -> dict[str, dict[str, torch.Tensor]]:
+    """The first batch of each loader of a datamodule attached to a trainer whose device is ``device``."""
+    dm = NoisyCIFAR10(data_dir=str(data_dir), batch_size=32, val_size=100, meta_size=2,
+                      resident_on_device=resident_on_device)
+    dm.trainer = SimpleNamespace(world_size=1, global_rank=0, logger=None,
+                                 strategy=SimpleNamespace(root_device=device))
+    dm.setup("fit")
+    train, _, _ = next(iter(dm.train_dataloader()))  # {"train": batch, "meta": batch}
+    loaders = {"val": dm.val_dataloader(), "test": dm.test_dataloader()}
+    return {"train": train["train"], "meta": train["meta"]} | {k: next(iter(v)) for k, v in loaders.items()}
+
+
+def test_resident_on_device_gathers_every_batch_on_the_device(fake_cifar10_dir):
+    """On CPU the option cannot show in a training run (images are already on the device), so the
+    datamodule is attached to a trainer on the ``meta`` device: each batch must come out of the loader
+    already there, gathered from the resident tensors (no host copy per batch); without the option
+    the same loaders give host batches."""
+    meta = torch.device("meta")
+    for split, batch in _batches_on(meta, fake_cifar10_dir, resident_on_device=True).items():
+        assert {k: v.device.type for k, v in batch.items()} == dict.fromkeys(batch, "meta"), split
+        assert batch["image"].dtype == torch.uint8 and batch["image"].shape[1:] == (3, 32, 32)
+    for split, batch in _batches_on(meta, fake_cifar10_dir, resident_on_device=False).items():
+        assert batch["image"].device.type == "cpu", split
 
 
 def test_resident_on_device_refuses_loader_workers(fake_cifar10_dir):

@@ -102,3 +102,57 @@ def test_linear_schedule_is_airbenchs_trapezoid():
 def test_cosine_ends_at_final_factor():
     assert lr_factor(100, 100, 10, "cosine", final_lr_factor=0.1) == pytest.approx(0.1)
     assert lr_factor(50, 100, 10, "cosine", final_lr_factor=0.1) == pytest.approx(0.1 + 0.9 * 0.5)
+
+
+# ------------------------------------------- edges pinned by mutation testing (docs/mutation.md)
+def _lrs(sched_cfg: dict, opt: torch.optim.Optimizer, steps: int) -> list[float]:
+    lrs = []
+    for _ in range(steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched_cfg["scheduler"].step()
+    return lrs
+
+
+def _sgd(lr: float = 1.0) -> torch.optim.Optimizer:
+    return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+
+
+def test_defaults_constant_no_warmup_gamma_one_tenth():
+    assert lr_factor(30, TOTAL, SPE, "multistep", milestones=(3,)) == pytest.approx(0.1)
+    opt = _sgd()
+    assert _lrs(build_scheduler(opt, 100, 10), opt, 100) == [1.0] * 100  # constant, no warm-up
+    opt = _sgd()
+    lrs = _lrs(build_scheduler(opt, 100, 10, "multistep", milestones=(6,)), opt, 100)
+    assert lrs[59] == 1.0 and lrs[60] == pytest.approx(0.1)
+
+
+def test_build_scheduler_passes_its_gamma():
+    opt = _sgd()
+    lrs = _lrs(build_scheduler(opt, 100, 10, "multistep", milestones=(6,), gamma=0.5), opt, 100)
+    assert lrs[60] == pytest.approx(0.5) and lrs[99] == pytest.approx(0.5)
+
+
+def test_cosine_stays_at_zero_past_the_planned_steps_and_handles_one_step():
+    assert lr_factor(150, TOTAL, SPE, "cosine") == pytest.approx(0.0, abs=1e-12)  # e.g. a longer resumed run
+    assert lr_factor(0, 1, 1, "cosine") == 1.0 and lr_factor(1, 1, 1, "cosine") == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("total, epochs, step, want", [
+    (10, 10, 3, 0.1),    # one step per epoch: step 3 is epoch 3
+    (105, 10, 30, 0.1),  # 105 // 10 = 10 steps per epoch (whole steps): step 30 is epoch 3
+    (10, 1, 5, 1.0),     # one epoch of 10 steps: step 5 is still epoch 0
+])
+def test_steps_per_epoch_is_whole_steps(total, epochs, step, want):
+    opt = _sgd()
+    lrs = _lrs(build_scheduler(opt, total, epochs, "multistep", milestones=(3,) if epochs > 1 else (1,)), opt, total)
+    assert lrs[step] == pytest.approx(want)
+    assert lr_factor(3, 10, 1, "multistep", milestones=(3,)) == pytest.approx(0.1)
+
+
+def test_boundaries_of_the_accepted_arguments():
+    check_schedule("constant", 0, (), 0.1)  # every allowed name passes
+    check_schedule("multistep", 0, (0,), 1.0)  # a milestone at epoch 0 and gamma 1 are allowed
+    check_schedule("multistep", 0, (5,), 0.5)
+    with pytest.raises(ValueError, match="^unknown lr schedule 'onecycle'; allowed: constant, cosine, multistep, linear$"):
+        lr_factor(0, 10, 1, "onecycle")

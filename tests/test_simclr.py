@@ -15,7 +15,6 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
-from lightly.loss import NTXentLoss
 from lightly.transforms import SimCLRTransform
 from lightly.utils.benchmarking import knn_predict as lightly_knn_predict
 from torchvision import transforms as T
@@ -46,15 +45,18 @@ def reference_ntxent(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor
     return total / (2 * n)
 
 
-def test_ntxent_matches_lightly_and_reference_and_prefers_identical_views():
+@pytest.mark.parametrize("t", [0.5, 0.1])
+def test_ntxent_matches_the_written_out_loss_and_prefers_identical_views(t):
+    """The module's criterion (lightly's NTXentLoss) against eq. 1 written out, at its temperature."""
     torch.manual_seed(0)
-    model = SimCLR(ConvNet6(), temperature=0.5)
+    model = SimCLR(ConvNet6(), temperature=t)
     a, b = torch.randn(8, 16), torch.randn(8, 16)
     ours = model.criterion(a, b)
-    assert torch.allclose(ours, NTXentLoss(temperature=0.5)(a, b), atol=1e-6)
-    assert torch.allclose(ours, reference_ntxent(a, b, 0.5), atol=1e-5)
+    assert torch.allclose(ours, reference_ntxent(a, b, t), atol=1e-5)
+    other_t = 0.3
+    assert not torch.allclose(ours, reference_ntxent(a, b, other_t), atol=1e-3)  # the temperature is used
     identical = model.criterion(a, a.clone())
-    assert torch.allclose(identical, reference_ntxent(a, a, 0.5), atol=1e-5)
+    assert torch.allclose(identical, reference_ntxent(a, a, t), atol=1e-5)
     assert identical < ours - 0.5
 
 
