@@ -286,13 +286,7 @@ class CoTeaching(EvaluationMixin, pl.LightningModule):
         tta = self.hparams.get("tta", "none") if split != "val" else "none"
         logits1, logits2 = (tta_logits(net, batch["image"], tta) for net in (self.net1, self.net2))
         logits = self.combine(logits1, logits2)
-        self.log_eval(split, logits, batch)
-        metrics = self.val_acc_nets if split == "val" else self.test_acc_nets
-        prefix = "val" if split == "val" else self.test_prefix
-        for k, (metric, lg) in enumerate(zip(metrics, (logits1, logits2)), start=1):
-            metric.update(lg, batch["target"])
-            self.log(f"{prefix}/acc_net{k}", metric)
-        return {"logits": logits}
+        return self.log_two_networks(split, batch, logits1, logits2, logits)
 
     def configure_optimizers(self):
         hp = self.hparams

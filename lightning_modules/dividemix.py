@@ -316,13 +316,7 @@ class DivideMix(EvaluationMixin, pl.LightningModule):
         """The mean network's metrics (one forward per network) plus each network's accuracy."""
         logits1, logits2 = self.net1(batch["image"]), self.net2(batch["image"])
         logits = (logits1 + logits2) / 2
-        self.log_eval(split, logits, batch)
-        metrics = self.val_acc_nets if split == "val" else self.test_acc_nets
-        prefix = "val" if split == "val" else self.test_prefix
-        for k, (metric, lg) in enumerate(zip(metrics, (logits1, logits2)), start=1):
-            metric.update(lg, batch["target"])
-            self.log(f"{prefix}/acc_net{k}", metric)
-        return {"logits": logits}
+        return self.log_two_networks(split, batch, logits1, logits2, logits)
 
     def configure_optimizers(self):
         hp = self.hparams

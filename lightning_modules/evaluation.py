@@ -60,6 +60,18 @@ class EvaluationMixin:
         self.log_eval(split, logits, batch)
         return {"logits": logits}
 
+    def log_two_networks(self: pl.LightningModule, split: str, batch: dict, logits1: torch.Tensor,
+                         logits2: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Two-network methods: the evaluated logits' metrics plus each network's accuracy
+        (``{prefix}/acc_net1``, ``acc_net2``; the module owns ``val_acc_nets`` / ``test_acc_nets``)."""
+        self.log_eval(split, logits, batch)
+        metrics = self.val_acc_nets if split == "val" else self.test_acc_nets
+        prefix = "val" if split == "val" else self.test_prefix
+        for k, (metric, lg) in enumerate(zip(metrics, (logits1, logits2)), start=1):
+            metric.update(lg, batch["target"])
+            self.log(f"{prefix}/acc_net{k}", metric)
+        return {"logits": logits}
+
     def validation_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         return self.eval_step("val", batch)
 

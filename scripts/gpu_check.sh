@@ -8,7 +8,9 @@
 # Steps: bench/bench_performance.py (fp32 / bf16 / fp16 / channels_last / resident / compile, per backbone);
 # the fast recipe on the full data (configs/fast/cifar10.yaml: test accuracy, wall time); one epoch of the
 # reference co-teaching config; one epoch of the ResNet-18 SimCLR config with its kNN monitor; co-teaching+
-# with forget_rate auto under 16-mixed with inspect.yaml; MW-Net under 16-mixed.
+# with forget_rate auto under 16-mixed with inspect.yaml; MW-Net under torch.compile (a clear refusal expected:
+# its virtual step needs a double backward) and under 16-mixed. Not here yet: a CUDA kill-and-resume compared
+# with torch.equal, and the 2-process DDP matrix on NCCL (needs two GPUs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEVICE=gpu; SMOKE=0
@@ -73,6 +75,13 @@ step coteaching_plus_auto_half python train.py fit --config configs/coteaching/c
   --model.init_args.auto_warmup_epochs 1 --model.init_args.epoch_decay_start 1
 step simclr_resnet18 python train.py fit --config configs/simclr/cifar10_resnet18.yaml "${COMMON[@]}" "${SIZE[@]}" \
   --trainer.logger.init_args.name simclr_resnet18 --trainer.precision "$HALF"  # its kNN monitor runs after the last epoch
+refused() {  # refused PATTERN COMMAND...: succeeds when the command fails early with a message matching PATTERN
+  local pattern="$1"; shift
+  ! "$@" > /tmp/gpu_check_refused.log 2>&1 && grep -q "$pattern" /tmp/gpu_check_refused.log
+}
+step mwnet_compile_refused refused "double backward" python train.py fit --config configs/mwnet/base.yaml \
+  --config configs/mwnet/cifar10_asym40.yaml --config configs/cluster/performance.yaml "${COMMON[@]}" "${SIZE[@]}" \
+  --trainer.logger.init_args.name mwnet_compile_refused
 step mwnet_half python train.py fit --config configs/mwnet/base.yaml --config configs/mwnet/cifar10_asym40.yaml \
   "${COMMON[@]}" "${SIZE[@]}" --trainer.logger.init_args.name mwnet_half --trainer.precision "$HALF"
 

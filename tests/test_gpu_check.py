@@ -9,7 +9,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = ["bench", "fast_cifar10", "coteaching_reference", "coteaching_plus_auto_half", "simclr_resnet18",
-         "mwnet_half"]
+         "mwnet_compile_refused", "mwnet_half"]
 
 
 def test_gpu_check_runs_every_step_at_smoke_size(tmp_path, fake_cifar10_dir):
