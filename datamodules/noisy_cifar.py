@@ -301,7 +301,7 @@ class NoisyCIFAR(pl.LightningDataModule):
         """Augment (training) or only normalise (evaluation) on the batch's device."""
         training = self.trainer is not None and self.trainer.training
         transform = self.train_transform if training else self.eval_transform
-        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        epoch = self.trainer.current_epoch if getattr(transform, "uses_position", False) else 0
         if "image" not in batch:  # {"train": batch, "meta": batch} from a CombinedLoader
             return {name: augment.apply_transform(transform, sub, epoch) for name, sub in batch.items()}
         return augment.apply_transform(transform, batch, epoch)

@@ -28,15 +28,17 @@ mkdir -p "$OUT"
 export PYTHONWARNINGS=ignore
 if [ "$SMOKE" = 1 ]; then
   BENCH=(--images 256 --batch-size 64 --nets airbench --variants fp32,bf16)
-  SIZE=(--data.init_args.train_subset 512 --data.init_args.val_size 128 --trainer.max_epochs 1
+  SIZE=(--data.init_args.train_subset 256 --data.init_args.val_size 64 --trainer.max_epochs 1
         --trainer.limit_train_batches 2 --trainer.limit_val_batches 1 --trainer.limit_test_batches 1)
   FAST=(--data.init_args.batch_size 128 --model.init_args.backbone.init_args.width 0.125)
   HALF=bf16-mixed
+  META=(--data.init_args.meta_size 2)
 else
   BENCH=(--images 10000 --nets cnn,resnet18,airbench)
   SIZE=(--trainer.max_epochs 1)
   FAST=()
   HALF=16-mixed
+  META=()
 fi
 [ "$DEVICE" = cpu ] && HALF=bf16-mixed  # 16-mixed is GPU-only in Lightning
 COMMON=(--trainer.accelerator "$DEVICE" --trainer.devices 1 --trainer.enable_progress_bar false
@@ -64,7 +66,7 @@ PY
 step bench python bench/bench_performance.py --device "$DEVICE" --data-dir "$DATA_DIR" "${BENCH[@]}"
 step fast_cifar10 python train.py fit --config configs/fast/cifar10.yaml "${COMMON[@]}" \
   --trainer.logger.init_args.name fast_cifar10 "${FAST[@]}" \
-  $([ "$SMOKE" = 1 ] && echo "--data.init_args.train_subset 512 --trainer.max_epochs 1")
+  $([ "$SMOKE" = 1 ] && echo "--data.init_args.train_subset 256 --trainer.max_epochs 1")
 step coteaching_reference python train.py fit --config configs/coteaching/cifar10.yaml \
   --config configs/coteaching/cifar10_sym50.yaml "${COMMON[@]}" "${SIZE[@]}" \
   --trainer.logger.init_args.name coteaching_reference --model.init_args.epoch_decay_start 1
@@ -80,10 +82,10 @@ refused() {  # refused PATTERN COMMAND...: succeeds when the command fails early
   ! "$@" > /tmp/gpu_check_refused.log 2>&1 && grep -q "$pattern" /tmp/gpu_check_refused.log
 }
 step mwnet_compile_refused refused "double backward" python train.py fit --config configs/mwnet/base.yaml \
-  --config configs/mwnet/cifar10_asym40.yaml --config configs/cluster/performance.yaml "${COMMON[@]}" "${SIZE[@]}" \
+  --config configs/mwnet/cifar10_asym40.yaml --config configs/cluster/performance.yaml "${COMMON[@]}" "${SIZE[@]}" "${META[@]}" \
   --trainer.logger.init_args.name mwnet_compile_refused
 step mwnet_half python train.py fit --config configs/mwnet/base.yaml --config configs/mwnet/cifar10_asym40.yaml \
-  "${COMMON[@]}" "${SIZE[@]}" --trainer.logger.init_args.name mwnet_half --trainer.precision "$HALF"
+  "${COMMON[@]}" "${SIZE[@]}" "${META[@]}" --trainer.logger.init_args.name mwnet_half --trainer.precision "$HALF"
 
 echo
 echo "GPU check on $( [ "$DEVICE" = gpu ] && python -c 'import torch; print(torch.cuda.get_device_name(0))' || echo CPU ), $(date -u +%F)"

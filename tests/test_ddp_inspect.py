@@ -95,7 +95,9 @@ def assert_confusion_covers_the_test_set(run: Path) -> None:
 @pytest.fixture(scope="module")
 def quick_inspect(fake_cifar10_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp_quick_inspect")
-    return tmp, fit_two_processes(tmp, fake_cifar10_dir, ["quick.yaml"])
+    # tests/configs/tiny.yaml is what configs/quick.yaml was when the hang was reported (a plain fp32 CNN,
+    # so that the mistakes test below can recompute the run's predictions exactly)
+    return tmp, fit_two_processes(tmp, fake_cifar10_dir, ["../tests/configs/tiny.yaml"])
 
 
 def test_quick_with_inspect_finishes_on_two_processes_and_the_replicas_agree(quick_inspect):
@@ -115,7 +117,7 @@ def test_confident_mistakes_are_the_top_of_the_whole_test_set(quick_inspect, fak
     from lightning_modules.backbones import CNN
 
     tmp, run = quick_inspect
-    model = Classifier(CNN(n_outputs=10, width=0.25))  # configs/quick.yaml's network
+    model = Classifier(CNN(n_outputs=10, width=0.25))  # tests/configs/tiny.yaml's network
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
