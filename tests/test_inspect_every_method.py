@@ -49,12 +49,14 @@ def test_every_callback_runs_with_every_method(name, fake_cifar10_dir, tmp_path)
         "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
         "--trainer.callbacks+=ddp_probe.DumpState", f"--trainer.callbacks.folder={tmp_path / 'state'}", *extra,
     ]
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when pytest's own arguments are present
     try:
         cli = train.main(args)
     finally:
         sys.argv = argv
+        torch.set_num_threads(threads)  # the tests after this one keep their thread count
     trainer = cli.trainer
     assert trainer.state.finished and trainer.global_step > 0
     (run,) = (tmp_path / "runs").glob("*/version_*")
