@@ -18,15 +18,14 @@ Lightning's own writer. train.py installs it unless a run names another
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning_fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning_fabric.utilities.types import _PATH
 from pytorch_lightning.plugins import CheckpointIO, TorchCheckpointIO
+
+from datamodules.atomic_files import atomic_torch_save
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -56,37 +55,6 @@ def unreadable_checkpoint(path: _PATH, err: Exception) -> RuntimeError:
         f"cannot read checkpoint {path}: it is not a complete PyTorch checkpoint (truncated, still being "
         f"written, or another kind of file) -- {type(err).__name__}: {err}"
     )
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save(obj, path)`` such that ``path`` holds either its old content or all of the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened (Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def with_atomic_checkpoint_io(plugins: Any) -> list:

@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import noise
+from .atomic_files import atomic_savez
 
 
 def write_corrected_labels(source: Path, out: Path, index: np.ndarray, new_labels: np.ndarray) -> dict:
@@ -39,14 +38,6 @@ def write_corrected_labels(source: Path, out: Path, index: np.ndarray, new_label
     data["actual_noise_rate"] = np.array((noisy != clean).mean())
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".noisy_labels.", suffix=".npz")
-    os.close(fd)
-    try:
-        np.savez(tmp, **data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_savez(out, **data)
     return {"noise_rate_before": before, "noise_rate_after": float((noisy != clean).mean()),
             "relabelled": int(len(index)), "changed": changed}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ from .resumable import make_loader
 from .run_state import check_data_state, check_run_folder_labels, data_state
 from .human_labels import HUMAN_LABEL_KEYS, load_human_labels
 from .plain_npz import read_npz
+from .atomic_files import atomic_savez
 
 NOISY_LABELS_FILE = "noisy_labels.npz"
 
@@ -310,26 +309,18 @@ class NoisyCIFAR(pl.LightningDataModule):
 def save_noisy_labels(dm: NoisyCIFAR, path: Path) -> None:
     """Write labels, matrix and how they were made, atomically (no half-written file)."""
     hp = dm.hparams
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".noisy_labels.", suffix=".npz")
-    os.close(fd)
-    try:
-        np.savez(
-            tmp,
-            noisy_targets=dm.noisy_targets.numpy(),
-            clean_targets=dm.clean_targets.numpy(),
-            noise_selected=dm.noise_selected.numpy(),
-            transition_matrix=dm.transition_matrix.numpy(),
-            dataset=np.array(dm.spec.name),
-            noise_type=np.array(hp.noise_type),
-            noise_rate=np.array(hp.noise_rate),
-            noise_seed=np.array(hp.noise_seed),
-            actual_noise_rate=np.array(dm.actual_noise_rate),
-        )
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the labels are meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_savez(
+        path,
+        noisy_targets=dm.noisy_targets.numpy(),
+        clean_targets=dm.clean_targets.numpy(),
+        noise_selected=dm.noise_selected.numpy(),
+        transition_matrix=dm.transition_matrix.numpy(),
+        dataset=np.array(dm.spec.name),
+        noise_type=np.array(hp.noise_type),
+        noise_rate=np.array(hp.noise_rate),
+        noise_seed=np.array(hp.noise_seed),
+        actual_noise_rate=np.array(dm.actual_noise_rate),
+    )
 
 
 class NoisyCIFAR10(NoisyCIFAR):

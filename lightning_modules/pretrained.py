@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from callbacks.atomic_checkpoint import atomic_torch_save
+from datamodules.atomic_files import atomic_torch_save
 
 FEATURES = "features."
 
