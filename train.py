@@ -127,6 +127,7 @@ class NoisyLabelCLI(LightningCLI):
         plugins = kwargs.get("plugins", self._get(self.config_init, "trainer", default={}).get("plugins"))
         kwargs["plugins"] = with_atomic_checkpoint_io(plugins)
         trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks[:] = without_shadowed_defaults(trainer.callbacks, self.trainer_defaults.get("callbacks", []))
         trainer.callbacks.append(WithoutValidationSet(self._get(self.config_init, "checkpoint")))
         with_hparams_metrics(trainer)
         if self.held_logs is not None:
@@ -192,6 +193,18 @@ class WithoutValidationSet(pl.Callback):
             trainer.limit_val_batches = 0
             if self.checkpoint is not None:
                 self.checkpoint.monitor, self.checkpoint.save_top_k = None, 0
+
+
+def without_shadowed_defaults(callbacks: list[pl.Callback], defaults: list[pl.Callback]) -> list[pl.Callback]:
+    """``callbacks`` without each default (``trainer_defaults``) whose type the config lists itself.
+
+    LightningCLI appends the defaults to a config's ``trainer.callbacks`` instead of replacing them,
+    so a config that sets up its own ``LearningRateMonitor`` would otherwise log every rate twice;
+    the config's own instance (its arguments) wins.
+    """
+    is_default = [any(cb is d for d in defaults) for cb in callbacks]
+    configured = {type(cb) for cb, default in zip(callbacks, is_default) if not default}
+    return [cb for cb, default in zip(callbacks, is_default) if not (default and type(cb) in configured)]
 
 
 def with_hparams_metrics(trainer: pl.Trainer) -> None:

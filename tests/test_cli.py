@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import re
 import sys
@@ -190,6 +191,8 @@ def test_config_parses_and_instantiates(config, tmp_path, monkeypatch):
     cli = main(args, run=False)
     assert isinstance(cli.model, pl.LightningModule) and isinstance(cli.datamodule, pl.LightningDataModule)
     assert isinstance(cli.trainer, pl.Trainer)
+    kinds = collections.Counter(type(cb).__name__ for cb in cli.trainer.callbacks)
+    assert not {k: n for k, n in kinds.items() if n > 1}, f"{config}: a callback is built twice: {kinds}"
     num_classes = getattr(cli.datamodule, "num_classes", None)
     if num_classes is not None and "num_classes" in cli.model.hparams:
         assert cli.model.hparams.num_classes == num_classes  # linked from the data
@@ -203,3 +206,18 @@ def test_config_parses_and_instantiates(config, tmp_path, monkeypatch):
             with torch.no_grad():
                 n = net.eval()(torch.zeros(1, *image_shape)).shape[-1]
             assert n == num_classes, f"{config}: {name} gives {n} outputs for {num_classes} classes"
+
+
+def test_a_configured_default_callback_replaces_the_default(tmp_path, monkeypatch):
+    """LightningCLI appends train.py's default callbacks to a config's list; a config that lists a
+    LearningRateMonitor of its own gets exactly one, with its own arguments, and ExactResume stays."""
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    monkeypatch.chdir(tmp_path)
+    own = tmp_path / "own_monitor.yaml"
+    own.write_text("trainer:\n  callbacks:\n    - class_path: pytorch_lightning.callbacks.LearningRateMonitor\n"
+                   "      init_args: {logging_interval: step}\n")
+    cli = main(["--config", str(REPO / "tests" / "configs" / "tiny.yaml"), "--config", str(own),
+                "--data.init_args.data_dir", str(tmp_path), "--trainer.logger", "false"], run=False)
+    monitors = [cb for cb in cli.trainer.callbacks if type(cb).__name__ == "LearningRateMonitor"]
+    assert [m.logging_interval for m in monitors] == ["step"]
+    assert sum(type(cb).__name__ == "ExactResume" for cb in cli.trainer.callbacks) == 1
