@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import logging.handlers
 import os
 import pickle
 import re
@@ -45,8 +44,10 @@ from callbacks.atomic_checkpoint import unreadable_checkpoint, with_atomic_check
 from callbacks.best_and_last import BestAndLastCheckpoint
 from callbacks.exact_resume import ExactResume
 from callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
+from callbacks.held_logs import HeldLogs, ReleaseHeldLogs
 from callbacks.hparams import HParamsMetrics
 from callbacks.test_oracle import TestOracle
+from callbacks.without_validation import NO_VALIDATION_NOTE, WithoutValidationSet, has_validation_set
 
 
 DEBUG_FLAG = "--debug"
@@ -171,30 +172,6 @@ class NoisyLabelCLI(LightningCLI):
                     print(f"{prefix}: acc {acc:.4f}  macro-F1 {r.get(f'{prefix}/f1', float('nan')):.4f}  ({r['checkpoint']})")
 
 
-NO_VALIDATION_NOTE = "val_size is 0: no validation set, so no best-by-validation checkpoint; test is the last epoch"
-
-
-def has_validation_set(dm) -> bool:
-    """False for a datamodule whose split left no validation images (``val_size: 0``), after its setup."""
-    val_indices = getattr(dm, "val_indices", None)
-    return val_indices is None or len(val_indices) > 0
-
-
-class WithoutValidationSet(pl.Callback):
-    """``val_size: 0`` (train on every image, as CIFAR-N's protocol): no validation loop and no
-    best-by-validation checkpoint, only ``last.ckpt``; test_results.json says so. Decided in
-    ``setup``, after the datamodule's (an image folder may bring a validation split of its own)."""
-
-    def __init__(self, checkpoint):
-        self.checkpoint = checkpoint
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit" and not has_validation_set(trainer.datamodule):
-            trainer.limit_val_batches = 0
-            if self.checkpoint is not None:
-                self.checkpoint.monitor, self.checkpoint.save_top_k = None, 0
-
-
 def without_shadowed_defaults(callbacks: list[pl.Callback], defaults: list[pl.Callback]) -> list[pl.Callback]:
     """``callbacks`` without each default (``trainer_defaults``) whose type the config lists itself.
 
@@ -209,7 +186,7 @@ def without_shadowed_defaults(callbacks: list[pl.Callback], defaults: list[pl.Ca
 
 def with_hparams_metrics(trainer: pl.Trainer) -> None:
     """A TensorBoard run registers its real metrics (val/acc, test/acc, ...) in the HParams view
-    (``callbacks.hparams.HParamsMetrics``) instead of Lightning's ``hp_metric`` placeholder of -1."""
+    (``callbacks.HParamsMetrics``) instead of Lightning's ``hp_metric`` placeholder of -1."""
     tensorboards = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
     if not tensorboards:
         return
@@ -217,50 +194,6 @@ def with_hparams_metrics(trainer: pl.Trainer) -> None:
         logger._default_hp_metric = False  # what TensorBoardLogger(default_hp_metric=False) sets
     if not any(isinstance(cb, HParamsMetrics) for cb in trainer.callbacks):
         trainer.callbacks.append(HParamsMetrics())
-
-
-class HeldLogs:
-    """Holds the start-up lines of Lightning's loggers (devices, tips, "Restoring states ...") until the
-    run starts, so that an input error found while setting up is the first line the user sees."""
-
-    NAMES = ("pytorch_lightning", "lightning_fabric")
-
-    def __init__(self):
-        self.buffer = logging.handlers.BufferingHandler(capacity=10_000)
-        self.saved: dict[str, list[logging.Handler]] | None = None
-
-    def hold(self) -> None:
-        self.saved = {}
-        for name in self.NAMES:
-            lg = logging.getLogger(name)
-            self.saved[name] = lg.handlers[:]
-            lg.handlers = [self.buffer]
-
-    def release(self, discard: bool = False) -> None:
-        """Restore the loggers' own handlers and (unless ``discard``) pass them what was held."""
-        if self.saved is None:
-            return
-        for name, handlers in self.saved.items():
-            logging.getLogger(name).handlers = handlers
-        if not discard:
-            for record in self.buffer.buffer:
-                for handler in self.saved.get(record.name.split(".")[0], []):
-                    if record.levelno >= handler.level:
-                        handler.handle(record)
-        self.buffer.buffer.clear()
-        self.saved = None
-
-
-class ReleaseHeldLogs(pl.Callback):
-    """Prints the held start-up lines once the run starts (training, validation, testing or predicting)."""
-
-    def __init__(self, held: HeldLogs):
-        self.held = held
-
-    def _release(self, *args) -> None:
-        self.held.release()
-
-    on_train_start = on_validation_start = on_test_start = on_predict_start = _release
 
 
 class RunFolder:

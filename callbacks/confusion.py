@@ -29,7 +29,7 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from .plotting import class_names_of, log_figure, logits_from, num_classes_of, output_dir, plt, tensorboard_writer
+from .inspection_helpers import class_names_of, log_figure, logits_from, num_classes_of, output_dir, plt, tensorboard_writer
 
 Normalize = Literal["none", "row"]
 

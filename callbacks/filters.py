@@ -26,7 +26,7 @@ from torchvision.utils import make_grid, save_image
 
 from lightning_modules.backbones import first_conv
 
-from .plotting import output_dir, scale_each, tensorboard_writer
+from .inspection_helpers import output_dir, scale_each, tensorboard_writer
 
 
 def kernel_tiles(conv: nn.Conv2d, scale: bool = True) -> tuple[torch.Tensor, int]:

@@ -21,7 +21,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 
-from .plotting import class_names_of, denormalize, log_figure, logits_from, num_classes_of, output_dir, plt
+from .inspection_helpers import class_names_of, denormalize, log_figure, logits_from, num_classes_of, output_dir, plt
 
 
 def top_mistakes(

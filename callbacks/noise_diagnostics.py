@@ -40,7 +40,7 @@ from torchmetrics.functional.classification import binary_auroc
 
 from datamodules.batches import training_part
 
-from .plotting import output_dir, tensorboard_writer
+from .inspection_helpers import output_dir, tensorboard_writer
 
 
 def loss_auroc(loss: torch.Tensor, flipped: torch.Tensor) -> float | None:

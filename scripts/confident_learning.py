@@ -6,7 +6,7 @@
 
 1. K runs of ``train.py fit`` with the given arguments (after ``--``), run k holding out fold k of the
    training set (``data.init_args.num_folds`` / ``fold``) and writing its out-of-sample predicted
-   probabilities (``callbacks.cross_validation.HeldOutPredictions``). All runs train on the same
+   probabilities (``callbacks.HeldOutPredictions``). All runs train on the same
    labels: run 0 saves its ``noisy_labels.npz`` and the others read it (``noisy_labels_path``).
 2. The joined probabilities go to cleanlab's ``find_label_issues`` (Northcutt et al., JAIR 2021;
    ``pip install -e ".[cleanlab]"``), ranked by self-confidence.
@@ -41,7 +41,7 @@ def fold_args(out: Path, folds: int, fold: int, labels: Path | None) -> list[str
     """train.py arguments that make run ``fold`` hold out that fold and log to ``out/fold{fold}``."""
     args = [
         "--data.init_args.num_folds", str(folds), "--data.init_args.fold", str(fold),
-        "--trainer.callbacks+=callbacks.cross_validation.HeldOutPredictions",
+        "--trainer.callbacks+=callbacks.HeldOutPredictions",
         "--trainer.logger.class_path", "pytorch_lightning.loggers.TensorBoardLogger",
         "--trainer.logger.init_args.save_dir", str(out), "--trainer.logger.init_args.name", f"fold{fold}",
         "--trainer.logger.init_args.version", "run",

@@ -36,7 +36,7 @@ def write_config(tmp: Path, data_dir: Path, model: dict, max_epochs: int = 2, ex
             "enable_model_summary": False,
             "log_every_n_steps": 1,
             # last-step.ckpt every 5 steps and on SIGTERM (train.py's own checkpoint saves at epoch ends)
-            "callbacks": [{"class_path": "callbacks.fault_tolerance.PeriodicCheckpoint",
+            "callbacks": [{"class_path": "callbacks.PeriodicCheckpoint",
                            "init_args": {"every_n_train_steps": 5}}],
             "logger": {
                 "class_path": "pytorch_lightning.loggers.TensorBoardLogger",

@@ -17,7 +17,7 @@ import torch
 
 from callbacks.atomic_checkpoint import with_atomic_checkpoint_io
 from callbacks.exact_resume import ExactResume
-from callbacks.fault_tolerance import PeriodicCheckpoint
+from callbacks import PeriodicCheckpoint
 from datamodules import NoisyCIFAR10, NoisyCIFAR100
 from datamodules.noisy_cifar import NOISY_LABELS_FILE
 from lightning_modules import Classifier

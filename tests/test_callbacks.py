@@ -38,7 +38,7 @@ from callbacks.filters import filter_grid, stage_outputs  # noqa: E402
 from callbacks.hparams import flatten_hparams  # noqa: E402
 from callbacks.mistakes import top_mistakes  # noqa: E402
 from callbacks.noise_diagnostics import loss_auroc, memorisation, suspected_mislabelled  # noqa: E402
-from callbacks.plotting import scale_each  # noqa: E402
+from callbacks.inspection_helpers import scale_each  # noqa: E402
 
 N_TRAIN, N_VAL, N_TEST, BATCH = 500, 100, 200, 64
 TRAIN_SEEN = (N_TRAIN - N_VAL) // BATCH * BATCH  # drop_last: 384 samples per epoch
@@ -391,7 +391,7 @@ def _eval_modules():
 @pytest.mark.parametrize("name", ["classifier", "coteaching_mean", "coteaching_net2", "meta_weight_net"])
 def test_every_module_hands_its_evaluation_logits_to_callbacks(name, tmp_path):
     """Confusion matrices and mistake galleries read the logits the step returns
-    (``callbacks.plotting.logits_from``); without them they pay a second forward pass."""
+    (``callbacks.inspection_helpers.logits_from``); without them they pay a second forward pass."""
     module = _eval_modules()[name]
     g = torch.Generator().manual_seed(1)
     batches = [{"image": torch.randn(8, 3, 32, 32, generator=g), "target": torch.randint(0, 10, (8,), generator=g),

@@ -92,7 +92,7 @@ CASES = [
      r"^error: unknown compile_mode 'fast'; allowed: default, reduce-overhead"),
     ("resident_on_device with workers", ["--data.init_args.resident_on_device", "true", "--data.init_args.num_workers", "2"],
      r"^error: resident_on_device needs num_workers 0 \(batches are made on the device\), not 2$"),
-    ("periodic checkpoint interval", ["--trainer.callbacks+=callbacks.fault_tolerance.PeriodicCheckpoint",
+    ("periodic checkpoint interval", ["--trainer.callbacks+=callbacks.PeriodicCheckpoint",
                                       "--trainer.callbacks.every_n_train_steps", "0"],
      r"^error: every_n_train_steps must be >= 1, got 0$"),
     ("noisy_labels_path missing", ["--data.init_args.noisy_labels_path", "nothere.npz"],

@@ -11,7 +11,7 @@ import torch
 
 from callbacks.atomic_checkpoint import with_atomic_checkpoint_io
 from callbacks.best_and_last import BestAndLastCheckpoint
-from callbacks.fault_tolerance import PeriodicCheckpoint
+from callbacks import PeriodicCheckpoint
 from callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
 from conftest import REPO
 from datamodules import NoisyCIFAR10
