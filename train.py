@@ -169,7 +169,8 @@ class NoisyLabelCLI(LightningCLI):
                     print(f"test_oracle_best: acc {r['acc']:.4f} at epoch {r['epoch']} (chosen on the test set: "
                           "NOT a valid model-selection number)")
                 elif acc is not None:
-                    print(f"{prefix}: acc {acc:.4f}  macro-F1 {r.get(f'{prefix}/f1', float('nan')):.4f}  ({r['checkpoint']})")
+                    f1 = r.get(f"{prefix}/f1", float("nan"))
+                    print(f"{prefix}: acc {acc:.4f}  macro-F1 {f1:.4f}  ({r['checkpoint']})")
 
 
 def without_shadowed_defaults(callbacks: list[pl.Callback], defaults: list[pl.Callback]) -> list[pl.Callback]:

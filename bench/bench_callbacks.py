@@ -143,8 +143,10 @@ def main(argv: list[str] | None = None) -> None:
                 tests[arm].append(test_s)
                 hooks = {k: hooks[k] + spent[k] for k in hooks}
                 print(f"repeat {r} {'with' if arm else 'without'} callbacks: epoch CPU "
-                      f"{', '.join(f'{t:.2f}' for t in timer.times)} s (wall {', '.join(f'{t:.1f}' for t in timer.wall)}); "
-                      f"test CPU {test_s:.2f} s; inside callback hooks: fit {spent['fit']:.2f} s, test {spent['test']:.2f} s",
+                      f"{', '.join(f'{t:.2f}' for t in timer.times)} s "
+                      f"(wall {', '.join(f'{t:.1f}' for t in timer.wall)}); "
+                      f"test CPU {test_s:.2f} s; inside callback hooks: "
+                      f"fit {spent['fit']:.2f} s, test {spent['test']:.2f} s",
                       flush=True)
     base, cb = statistics.mean(epochs[False]), statistics.mean(epochs[True])
     wb, wc = statistics.mean(walls[False]), statistics.mean(walls[True])

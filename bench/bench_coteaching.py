@@ -10,7 +10,7 @@ real Lightning Trainer (manual vs automatic optimisation, Adam both), on the sam
 in-memory synthetic batches, timed from the first batch of the second epoch (so that
 co-teaching selects with R = 0.5, not the R(0) = 0 of the first epoch) to the end.
 Repeats alternate the two methods (ABAB...) and the median is reported, which matters on a
-shared machine. Target (issue 3): selection + cross update cost < 10% on top.
+shared machine. Target: selection + cross update cost < 10% on top.
 """
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ def selection_seconds(batch_size: int, num_classes: int = 10, reps: int = 2000) 
     """Seconds per batch of the co-teaching-specific work alone: per-sample CE of both networks'
     logits, two small-loss selections, the cross-update losses and the label-precision counts."""
     g = torch.Generator().manual_seed(0)
-    logits1, logits2 = torch.randn(batch_size, num_classes, generator=g), torch.randn(batch_size, num_classes, generator=g)
+    logits1 = torch.randn(batch_size, num_classes, generator=g)
+    logits2 = torch.randn(batch_size, num_classes, generator=g)
     y, clean = torch.randint(0, num_classes, (batch_size,), generator=g), torch.randint(0, num_classes, (batch_size,))
     t0 = time.perf_counter()
     for _ in range(reps):

@@ -29,7 +29,9 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from .inspection_helpers import class_names_of, log_figure, logits_from, num_classes_of, output_dir, plt, tensorboard_writer
+from .inspection_helpers import (
+    class_names_of, log_figure, logits_from, num_classes_of, output_dir, plt, tensorboard_writer,
+)
 
 Normalize = Literal["none", "row"]
 
@@ -68,7 +70,8 @@ def confusion_figure(matrix: np.ndarray, class_names: list[str], normalize: Norm
 
 def per_class_markdown(rows: list[dict]) -> str:
     lines = ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
-    lines += [f"| {r['class']} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | {r['support']} |" for r in rows]
+    lines += [f"| {r['class']} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | {r['support']} |"
+              for r in rows]
     return "\n".join(lines)
 
 

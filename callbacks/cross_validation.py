@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.callbacks import Callback
 
 from lightning_modules.sample_scores import score_training_set

@@ -100,7 +100,8 @@ def self_confidence_scores(pl_module: pl.LightningModule) -> DetectionScores:
     scored = score_training_set(pl_module, score_batch)
     pl_module.train(was_training)
     index = pl_module.trainer.datamodule.train_indices
-    return {"index": index.cpu(), "score": scored["score"].cpu()[index], "suggested": scored["pred"].cpu()[index].long()}
+    return {"index": index.cpu(), "score": scored["score"].cpu()[index],
+            "suggested": scored["pred"].cpu()[index].long()}
 
 
 class MislabelDetection(Callback):

@@ -185,7 +185,8 @@ class LabelNoiseDiagnostics(Callback):
         if self.max_rows is not None:
             order = order[: self.max_rows]
         known_clean = bool((t["clean"] >= 0).all())
-        fields = ["index", "given_label", "predicted_label", "confidence", "loss"] + (["clean_label"] if known_clean else [])
+        fields = ["index", "given_label", "predicted_label", "confidence", "loss"]
+        fields += ["clean_label"] if known_clean else []
         with open(out / "suspected_mislabelled.csv", "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(fields)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Co-teaching against CE on real CIFAR-10 images at CPU scale (docs/results.md, issue 3).
+"""Co-teaching against CE on real CIFAR-10 images at CPU scale (docs/results.md).
 
     python scripts/coteaching_vs_ce.py                 # CE first, then co-teaching on CE's noisy labels
     python scripts/coteaching_vs_ce.py --parallel      # start co-teaching as soon as CE has saved its labels

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Co-teaching vs CE, the longer CPU-scale run of docs/results.md (issue 3): 3,000 training images,
+# Co-teaching vs CE, the longer CPU-scale run of docs/results.md: 3,000 training images,
 # 30 epochs, symmetric 50% noise, the same saved noisy labels; co-teaching schedule lengths scaled
 # from the reference before the run (num_gradual 5 = 1/6 of the budget, decay from epoch 12 = 0.4).
 # Summary: python scripts/coteaching_vs_ce.py --summarise-only --out runs/cot_long

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Which training samples does a trained Meta-Weight-Net weight down? (docs/results.md, issue 7)
+"""Which training samples does a trained Meta-Weight-Net weight down? (docs/results.md)
 
 Loads a MetaWeightNet checkpoint written by ``scripts/mwnet_vs_ce.py``, rebuilds the
 same training split from the run's saved ``noisy_labels.npz``, and scores every

@@ -290,7 +290,8 @@ def write_slurm(spec: dict, matrix_path: str) -> Path:
 #SBATCH --signal=SIGUSR1@90
 #SBATCH --output={out.resolve()}/slurm-%A_%a.out
 cd {REPO}
-srun --cpus-per-task=$SLURM_CPUS_PER_TASK python scripts/results_matrix.py run {Path(matrix_path).resolve()} --cell $SLURM_ARRAY_TASK_ID
+srun --cpus-per-task=$SLURM_CPUS_PER_TASK python scripts/results_matrix.py run \\
+    {Path(matrix_path).resolve()} --cell $SLURM_ARRAY_TASK_ID
 """)
     return script
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CPU-scale SimCLR demo (issue 4, docs/results.md), on the real CIFAR-10 copy in ./data:
+# CPU-scale SimCLR demo (docs/results.md), on the real CIFAR-10 copy in ./data:
 #   1. SimCLR pretraining of ConvNet6 on 5,000 training images, no labels (kNN before / during / after),
 #   2. for each seed: CE at 80% symmetric noise from random init and from the SimCLR encoder, the two
 #      runs side by side (one thread each), the same fine-tuning config, the same noisy labels,

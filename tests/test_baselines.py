@@ -1,4 +1,4 @@
-"""Classical baselines (issue 5): HOG + linear SVM script and the MLP config, on fake CIFAR-10."""
+"""Classical baselines: HOG + linear SVM script and the MLP config, on fake CIFAR-10."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Inspection callbacks (issue 5): a tiny fit through the CLI with configs/inspect.yaml, read back.
+"""Inspection callbacks: a tiny fit through the CLI with configs/inspect.yaml, read back.
 
 One module-scoped run (fake CIFAR-10, co-teaching CNN at width 0.125, 2
 epochs, 40% symmetric noise) feeds most tests; they check the TensorBoard

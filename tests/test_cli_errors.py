@@ -18,9 +18,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
 from conftest import REPO, run_train
 from test_cli import _tiny_config
@@ -66,7 +64,8 @@ CASES = [
      r"^error: model\.init_args\.loss: Expected a typing\.Literal\['ce', 'gce'\]\. Got value: mse$"),
     ("backbone output size", [f"{BACKBONE}.init_args.n_outputs", "100"],
      r"^error: backbone CNN outputs 100 logits but the data has 10 classes; set the backbone's n_outputs to 10$"),
-    ("backbone for other images", [BACKBONE, "lightning_modules.backbones.LeNet", f"{BACKBONE}.init_args.input_channel", "1"],
+    ("backbone for other images",
+     [BACKBONE, "lightning_modules.backbones.LeNet", f"{BACKBONE}.init_args.input_channel", "1"],
      r"^error: backbone LeNet cannot take images of shape \(3, 32, 32\)"),
     ("noise_rate", ["--data.init_args.noise_rate", "1.5"], r"^error: noise_rate must be in \[0, 1\), got 1\.5$"),
     ("noise_type", [NOISE, "gaussian"],
@@ -90,7 +89,8 @@ CASES = [
     ("compile_mode", ["--trainer.callbacks+=lightning_modules.performance.Performance",
                       "--trainer.callbacks.compile_mode", "fast"],
      r"^error: unknown compile_mode 'fast'; allowed: default, reduce-overhead"),
-    ("resident_on_device with workers", ["--data.init_args.resident_on_device", "true", "--data.init_args.num_workers", "2"],
+    ("resident_on_device with workers",
+     ["--data.init_args.resident_on_device", "true", "--data.init_args.num_workers", "2"],
      r"^error: resident_on_device needs num_workers 0 \(batches are made on the device\), not 2$"),
     ("periodic checkpoint interval", ["--trainer.callbacks+=callbacks.PeriodicCheckpoint",
                                       "--trainer.callbacks.every_n_train_steps", "0"],
@@ -149,9 +149,11 @@ def test_download_without_network(capfd, tmp_path, monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
     monkeypatch.chdir(tmp_path)
     first = _fail(capfd, tmp_path, _tiny_config(tmp_path, tmp_path / "data"), ["--data.init_args.download", "true"])
-    assert re.search(r"^error: cannot download CIFAR-10 from https://www\.cs\.toronto\.edu/~kriz/cifar-10-python\.tar\.gz "
-                     r"\(\[Errno -2\] Name or service not known\)\. Without network access, download that file elsewhere "
-                     r"and put it in .*data as cifar-10-python\.tar\.gz \(md5 c58f30108f718f92721af3b95e74349a\)", first), first
+    assert re.search(r"^error: cannot download CIFAR-10 from "
+                     r"https://www\.cs\.toronto\.edu/~kriz/cifar-10-python\.tar\.gz "
+                     r"\(\[Errno -2\] Name or service not known\)\. Without network access, "
+                     r"download that file elsewhere and put it in .*data as cifar-10-python\.tar\.gz "
+                     r"\(md5 c58f30108f718f92721af3b95e74349a\)", first), first
 
 
 # ------------------------------------------------------------------- checkpoints

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -99,7 +98,8 @@ def test_a_datamodule_trains_on_the_corrected_labels(fake_cifar10_dir, tmp_path)
 
 def test_join_folds_orders_by_index_and_refuses_overlap(tmp_path):
     cl = load_script()
-    np.savez(tmp_path / "a.npz", index=np.array([5, 1]), probs=np.array([[0.1, 0.9], [0.8, 0.2]]), given=np.array([1, 0]))
+    np.savez(tmp_path / "a.npz", index=np.array([5, 1]), probs=np.array([[0.1, 0.9], [0.8, 0.2]]),
+             given=np.array([1, 0]))
     np.savez(tmp_path / "b.npz", index=np.array([3]), probs=np.array([[0.3, 0.7]]), given=np.array([0]))
     index, probs, given = cl.join_folds([tmp_path / "a.npz", tmp_path / "b.npz"])
     assert index.tolist() == [1, 3, 5] and given.tolist() == [0, 0, 1]

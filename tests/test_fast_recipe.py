@@ -31,7 +31,8 @@ def test_airbench_net_has_the_published_shape():
         (256, 256, (3, 3)), (256, 256, (3, 3)),
     ]
     n_params = sum(p.numel() for p in net.parameters())
-    # by hand: 24*12+24 + 9*(24*64+64*64+64*256+256*256+256*256+256*256) + 2 * (64+64+256+256+256+256) (BN weight and bias) + 2560
+    # by hand: 24*12+24 + 9*(24*64+64*64+64*256+256*256+256*256+256*256)
+    #          + 2 * (64+64+256+256+256+256) (BN weight and bias) + 2560
     assert n_params == 312 + 9 * (1536 + 4096 + 16384 + 65536 * 3) + 2 * 1152 + 2560
     assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
     assert not convs[0].weight.requires_grad and convs[0].bias.requires_grad  # whitening: only the bias learns

@@ -132,7 +132,8 @@ def test_files_hold_each_samples_values(diagnosed):
     assert {int(r["index"]) for r in rows} == DISAGREE
     for r in rows:
         k = int(r["index"])
-        assert (int(r["given_label"]), int(r["predicted_label"]), int(r["clean_label"])) == (GIVEN[k], PRED[k], CLEAN[k])
+        got = (int(r["given_label"]), int(r["predicted_label"]), int(r["clean_label"]))
+        assert got == (GIVEN[k], PRED[k], CLEAN[k])
         assert float(r["loss"]) == pytest.approx(LOSS[k], abs=1e-6)
     with np.load(f"{trainer.log_dir}/per_sample_loss.npz") as z:
         assert z["index"].tolist() == TRAIN

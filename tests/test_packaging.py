@@ -45,13 +45,16 @@ def test_console_script_and_configs_as_package_data():
 def test_packaged_config_is_used_when_the_working_directory_has_none(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert train.packaged_config("configs/quick.yaml") == str(REPO / "configs" / "quick.yaml")
-    assert train.packaged_config("configs/coteaching/cifar10.yaml") == str(REPO / "configs" / "coteaching" / "cifar10.yaml")
+    expected = str(REPO / "configs" / "coteaching" / "cifar10.yaml")
+    assert train.packaged_config("configs/coteaching/cifar10.yaml") == expected
     assert train.packaged_config("configs/nothere.yaml") == "configs/nothere.yaml"  # jsonargparse names it
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "quick.yaml").write_text("seed_everything: 1\n")
     assert train.packaged_config("configs/quick.yaml") == "configs/quick.yaml"  # the user's own file wins
-    assert train._with_packaged_configs(["fit", "-c", "configs/simclr/cpu_cifar10.yaml", "--config=configs/inspect.yaml"]) == [
-        "fit", "-c", str(REPO / "configs" / "simclr" / "cpu_cifar10.yaml"), f"--config={REPO / 'configs' / 'inspect.yaml'}"]
+    args = ["fit", "-c", "configs/simclr/cpu_cifar10.yaml", "--config=configs/inspect.yaml"]
+    assert train._with_packaged_configs(args) == [
+        "fit", "-c", str(REPO / "configs" / "simclr" / "cpu_cifar10.yaml"),
+        f"--config={REPO / 'configs' / 'inspect.yaml'}"]
 
 
 def test_hog_baseline_without_scikit_image_says_how_to_install_it():

@@ -103,7 +103,7 @@ def test_matrix_runs_every_cell_on_its_rows_labels_and_tabulates(tmp_path, fake_
 def test_matrix_writes_a_slurm_array_with_one_task_per_cell(tmp_path, fake_cifar10_dir):
     matrix = _matrix(tmp_path, fake_cifar10_dir)
     _run("slurm", str(matrix))
-    script = (tmp_path / "out" / "matrix.sbatch").read_text()
+    script = (tmp_path / "out" / "matrix.sbatch").read_text().replace("\\\n    ", "")  # join continued lines
     assert "#SBATCH --array=0-3" in script
     assert f"scripts/results_matrix.py run {matrix.resolve()} --cell $SLURM_ARRAY_TASK_ID" in script
     assert (tmp_path / "out" / "sym40" / "noisy_labels.npz").is_file()  # labels drawn before any task starts

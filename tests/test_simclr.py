@@ -1,4 +1,4 @@
-"""SimCLR (issue 4): loss, batched two-view augmentation, kNN monitor, fine-tuning from the encoder."""
+"""SimCLR: loss, batched two-view augmentation, kNN monitor, fine-tuning from the encoder."""
 
 from __future__ import annotations
 
