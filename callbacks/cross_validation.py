@@ -14,6 +14,7 @@ import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 
+from datamodules import contracts
 from lightning_modules.sample_scores import score_training_set
 
 HELDOUT_FILE = "heldout_probs.npz"
@@ -22,7 +23,7 @@ HELDOUT_FILE = "heldout_probs.npz"
 class HeldOutPredictions(Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         dm = trainer.datamodule
-        if getattr(dm, "heldout_indices", None) is None:
+        if not contracts.offers(dm, "heldout_indices"):
             raise ValueError("HeldOutPredictions needs the datamodule's num_folds >= 2 and a fold to hold out")
         was_training = pl_module.training
         pl_module.eval()

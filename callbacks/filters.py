@@ -24,6 +24,7 @@ from pytorch_lightning.callbacks import Callback
 from torch import nn
 from torchvision.utils import make_grid, save_image
 
+from datamodules import contracts
 from lightning_modules.backbones import first_conv
 
 from .inspection_helpers import output_dir, scale_each, tensorboard_writer
@@ -156,15 +157,15 @@ class FilterVisualisation(Callback):
     def _fixed_image(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor | None:
         if self._image is None:
             dm = trainer.datamodule
-            transform = getattr(dm, "eval_transform", None)
+            transform = contracts.require(dm, "eval_transform", type(self).__name__)
             try:
                 ds = dm.test_dataloader().dataset
-                raw = ds[self.image_index]["image"][None]
+                raw = ds[self.image_index][contracts.IMAGE][None]
             except Exception as err:  # a datamodule without a test set: say so, keep training
                 warnings.warn(f"{type(self).__name__}: no fixed test image for feature maps ({err})")
                 self.feature_maps = False
                 return None
-            self._image = transform(raw) if transform is not None else raw.float()
+            self._image = transform(raw)
         return self._image.to(pl_module.device)
 
     def _log_feature_maps(self, trainer: pl.Trainer, pl_module: pl.LightningModule, writer) -> None:

@@ -20,6 +20,8 @@ import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger  # noqa: E402
 
+from datamodules import contracts  # noqa: E402
+
 _warned: set[str] = set()
 
 
@@ -104,7 +106,7 @@ def scale_each(x: torch.Tensor) -> torch.Tensor:
 
 def class_names_of(trainer: pl.Trainer, num_classes: int) -> list[str]:
     """``trainer.datamodule.class_names`` when it has the right length, else ``"0".."C-1"``."""
-    names = getattr(trainer.datamodule, "class_names", None)
+    names = trainer.datamodule.class_names if contracts.offers(trainer.datamodule, "class_names") else None
     if names is not None and len(names) == num_classes:
         return [str(n) for n in names]
     return [str(i) for i in range(num_classes)]
@@ -112,7 +114,8 @@ def class_names_of(trainer: pl.Trainer, num_classes: int) -> list[str]:
 
 def num_classes_of(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
     """Class count from the datamodule (``num_classes``) or the module's ``hparams.num_classes``."""
-    c = getattr(trainer.datamodule, "num_classes", None) or pl_module.hparams.get("num_classes")
+    dm = trainer.datamodule
+    c = dm.num_classes if contracts.offers(dm, "num_classes") else pl_module.hparams.get("num_classes")
     if not c:
         raise ValueError("cannot tell the number of classes: neither datamodule.num_classes nor hparams.num_classes")
     return int(c)
@@ -123,4 +126,4 @@ def logits_from(outputs, pl_module: pl.LightningModule, batch: dict) -> torch.Te
     if isinstance(outputs, dict) and isinstance(outputs.get("logits"), torch.Tensor):
         return outputs["logits"].detach()
     with torch.no_grad():
-        return pl_module(batch["image"]).detach()
+        return pl_module(batch[contracts.IMAGE]).detach()

@@ -21,6 +21,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 
+from datamodules import contracts
+
 from .inspection_helpers import class_names_of, denormalize, log_figure, logits_from, num_classes_of, output_dir, plt
 
 
@@ -129,7 +131,8 @@ class ConfidentMistakes(Callback):
         ]
         self.rows[prefix] = rows
         dm = trainer.datamodule
-        shown = denormalize(images, getattr(dm, "mean", None), getattr(dm, "std", None))
+        normalised = contracts.offers(dm, "mean") and contracts.offers(dm, "std")  # else min-max scaled for display
+        shown = denormalize(images, dm.mean, dm.std) if normalised else denormalize(images, None, None)
         if shown.shape[1] == 1:
             shown = shown.expand(-1, 3, -1, -1)
         fig = mistakes_figure(shown, rows, self.ncols, f"most confident {prefix} mistakes")

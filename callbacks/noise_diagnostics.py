@@ -38,7 +38,8 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from torchmetrics.functional.classification import binary_auroc
 
-from datamodules.batches import training_part
+from datamodules import contracts
+from datamodules.contracts import CLEAN_TARGET, INDEX, TARGET, has_per_sample_outputs, training_part
 
 from .inspection_helpers import output_dir, tensorboard_writer
 
@@ -105,7 +106,7 @@ class LabelNoiseDiagnostics(Callback):
             self.seen.zero_()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not (isinstance(outputs, dict) and "per_sample_loss" in outputs and "logits" in outputs):
+        if not has_per_sample_outputs(outputs):
             if not self._warned:
                 self._warned = True
                 warnings.warn(
@@ -114,17 +115,17 @@ class LabelNoiseDiagnostics(Callback):
                 )
             return
         batch = training_part(batch)
-        index = batch["index"]
+        index = batch[INDEX]
         if not self._size:  # first batch: one buffer slot per sample of the full training set
-            n = len(getattr(trainer.datamodule, "noisy_targets", []))
+            n = len(contracts.require(trainer.datamodule, "noisy_targets", type(self).__name__))
             self._allocate(max(n, int(index.max()) + 1), index.device)
         probs = outputs["logits"].detach().float().softmax(1)
         conf, pred = probs.max(1)
         self.loss[index] = outputs["per_sample_loss"].detach().float()
         self.pred[index], self.confidence[index] = pred, conf
-        self.given[index] = batch["target"]
-        if "clean_target" in batch:
-            self.clean[index] = batch["clean_target"]
+        self.given[index] = batch[TARGET]
+        if CLEAN_TARGET in batch:
+            self.clean[index] = batch[CLEAN_TARGET]
         self.seen[index] = True
         self.updated[index] = trainer.current_epoch
 
