@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -31,7 +30,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datamodules import augment, cifar_source  # noqa: E402
 from datamodules.batches import IndexedTensorDataset, keep_batch  # noqa: E402
 

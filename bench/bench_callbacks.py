@@ -34,7 +34,6 @@ import pytorch_lightning as pl
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from callbacks import ConfidentMistakes, ConfusionMatrix, FilterVisualisation, HParamsMetrics  # noqa: E402
 from callbacks import LabelNoiseDiagnostics  # noqa: E402

@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightning_modules import Classifier, CoTeaching  # noqa: E402
 from lightning_modules import selection as sel  # noqa: E402
 from lightning_modules.backbones import CNN  # noqa: E402

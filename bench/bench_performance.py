@@ -30,7 +30,6 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datamodules import NoisyCIFAR10  # noqa: E402
 from lightning_modules import Classifier  # noqa: E402
 from lightning_modules.backbones import CNN, AirbenchNet, ResNet, SmallVGG  # noqa: E402

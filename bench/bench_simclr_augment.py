@@ -20,15 +20,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datamodules.augment import CIFAR10_MEAN, CIFAR10_STD  # noqa: E402
 from datamodules.simclr_augment import SimCLRAugment  # noqa: E402
 

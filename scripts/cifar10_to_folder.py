@@ -16,13 +16,11 @@ for a quick subset; ``--format jpg`` writes JPEG (quality 95) instead of PNG.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from datamodules import cifar_source  # noqa: E402
+from datamodules import cifar_source
 
 
 def write_split(split: cifar_source.CifarSplit, names: list[str], out: Path, per_class: int | None, fmt: str) -> int:

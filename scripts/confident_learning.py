@@ -29,12 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from callbacks.cross_validation import HELDOUT_FILE
+from callbacks.detection import detection_metrics, write_suspected_csv
+from datamodules.corrected_labels import write_corrected_labels
 
-from callbacks.cross_validation import HELDOUT_FILE  # noqa: E402
-from callbacks.detection import detection_metrics, write_suspected_csv  # noqa: E402
-from datamodules.corrected_labels import write_corrected_labels  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def fold_args(out: Path, folds: int, fold: int, labels: Path | None) -> list[str]:

@@ -47,8 +47,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.linear_model import SGDClassifier
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from datamodules import NoisyCIFAR10, NoisyCIFAR100  # noqa: E402
+from datamodules import NoisyCIFAR10, NoisyCIFAR100
 
 DATASETS = {"cifar10": NoisyCIFAR10, "cifar100": NoisyCIFAR100}
 

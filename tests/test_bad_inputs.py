@@ -7,7 +7,6 @@ The table in docs/bad_inputs.md names, for every row, the test that covers it;
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -149,7 +148,6 @@ SAFE = ["--data.init_args.download", "false"]  # should a parse succeed by mista
 
 def cli(args: list[str], capsys, tmp_path, monkeypatch) -> tuple[int, str, str]:
     """Run train.main(ARGS) in ``tmp_path``; (exit code, stdout, stderr)."""
-    sys.path.insert(0, str(REPO))
     import train
 
     monkeypatch.chdir(tmp_path)

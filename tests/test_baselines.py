@@ -13,7 +13,6 @@ import torch
 hog = pytest.importorskip("skimage.feature", reason="scikit-image (the optional 'hog' extra) is not installed").hog
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 import hog_svm  # noqa: E402

@@ -9,10 +9,8 @@ import warnings
 
 import pytest
 
-from conftest import REPO
 from test_cli import _scalars, _tiny_config
 
-sys.path.insert(0, str(REPO))
 from train import main  # noqa: E402
 
 EPOCHS = 3

@@ -16,7 +16,6 @@ from torch import nn
 
 from conftest import REPO, run_train, score_test_split
 
-sys.path.insert(0, str(REPO))
 from lightning_modules.backbones import CNN  # noqa: E402
 from train import main  # noqa: E402
 

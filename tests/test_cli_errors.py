@@ -23,7 +23,6 @@ import pytest
 from conftest import REPO, run_train
 from test_cli import _tiny_config
 
-sys.path.insert(0, str(REPO))
 from train import main  # noqa: E402
 
 NOISE = "--data.init_args.noise_type"

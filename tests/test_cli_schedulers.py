@@ -10,10 +10,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO
 from test_cli import _scalars, _tiny_config
 
-sys.path.insert(0, str(REPO))
 from train import main  # noqa: E402
 
 from lightning_modules import Classifier  # noqa: E402

@@ -13,7 +13,6 @@ from callbacks.atomic_checkpoint import with_atomic_checkpoint_io
 from callbacks.best_and_last import BestAndLastCheckpoint
 from callbacks import PeriodicCheckpoint
 from callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
-from conftest import REPO
 from datamodules import NoisyCIFAR10
 from lightning_modules import Classifier, CoTeaching, MetaWeightNet, SimCLR
 from lightning_modules.backbones import CNN
@@ -93,7 +92,6 @@ def test_train_py_reports_a_diverged_run_and_keeps_its_folder(tmp_path, fake_cif
     """Through the CLI (the guard is on by default): lr 1e8 diverges; one error block, exit code 1."""
     from test_cli import _tiny_config
 
-    sys.path.insert(0, str(REPO))
     from train import main
 
     monkeypatch.chdir(tmp_path)

@@ -87,7 +87,6 @@ def test_a_cli_checkpoint_loads_without_arguments(tmp_path, fake_cifar10_dir, mo
     """A checkpoint written by train.py (LightningCLI's instantiator path) loads the same way."""
     from test_cli import _tiny_config
 
-    sys.path.insert(0, str(REPO))
     from train import main
 
     monkeypatch.chdir(tmp_path)

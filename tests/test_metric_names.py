@@ -10,7 +10,6 @@ import pytorch_lightning as pl
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import REPO
 from test_load_from_checkpoint import _methods
 
 from datamodules import NoisyCIFAR10
@@ -45,7 +44,6 @@ def test_every_method_logs_the_same_names(name, tmp_path, fake_cifar10_dir):
 def test_default_cli_run_fills_the_hparams_view(tmp_path, fake_cifar10_dir, monkeypatch):
     from test_cli import _tiny_config
 
-    sys.path.insert(0, str(REPO))
     from train import main
 
     monkeypatch.chdir(tmp_path)

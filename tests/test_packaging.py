@@ -13,7 +13,6 @@ import tomllib
 
 from conftest import REPO
 
-sys.path.insert(0, str(REPO))
 import train  # noqa: E402
 
 

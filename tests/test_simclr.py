@@ -506,7 +506,6 @@ def test_coteaching_init_from_loads_both_networks(tmp_path):
 def test_simclr_configs_parse(stack, expected, capsys):
     import yaml
 
-    sys.path.insert(0, str(REPO))
     import train
 
     args = ["fit"] + [a for name in stack for a in ("--config", str(REPO / f"configs/simclr/{name}.yaml"))]
