@@ -38,7 +38,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from torchmetrics.functional.classification import binary_auroc
 
-from datamodules.batches import training_part
+from datamodules.contracts import training_part
 
 from .plotting import output_dir, tensorboard_writer
 
