@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .contracts import IMAGE, IMAGE2, INDEX
+
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
@@ -151,37 +153,18 @@ class TwoViews(torch.nn.Module):
         self.transform = transform
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"image": self.transform(images), "image2": self.transform(images)}
-
-
-# name -> factory(mean, std) of the training-time transform. A transform returns
-# either a tensor (it replaces ``batch["image"]``) or a dict merged into the batch
-# (e.g. two SimCLR views).
-def _simclr(mean: tuple[float, ...], std: tuple[float, ...]) -> torch.nn.Module:
-    from .simclr_augment import SimCLRAugment  # imported lazily: it builds on this module
-
-    return SimCLRAugment(mean, std)
-
-
-TRAIN_AUGMENTATIONS = {
-    "crop_flip": lambda mean, std: CropFlip(mean, std),
-    "crop2_flip": lambda mean, std: CropFlip(mean, std, padding=2),  # airbench's 2 px translation
-    "crop2_altflip": lambda mean, std: CropFlip(mean, std, padding=2, alternate_flip=True),  # and its flip
-    "none": lambda mean, std: Normalize(mean, std),
-    "crop_flip_twice": lambda mean, std: TwoViews(CropFlip(mean, std)),  # ``image`` and ``image2`` (DivideMix)
-    "simclr": _simclr,  # two views {"view1", "view2"} (datamodules/simclr_augment.py)
-}
+        return {IMAGE: self.transform(images), IMAGE2: self.transform(images)}
 
 
 def apply_transform(transform: torch.nn.Module, batch: dict, epoch: int = 0) -> dict:
     """Run ``transform`` on ``batch["image"]`` and put its result back in the batch. A transform with
     ``uses_position`` also gets the samples' ``index`` and the ``epoch``."""
     if getattr(transform, "uses_position", False):
-        out = transform(batch["image"], index=batch["index"], epoch=epoch)
+        out = transform(batch[IMAGE], index=batch[INDEX], epoch=epoch)
     else:
-        out = transform(batch["image"])
+        out = transform(batch[IMAGE])
     if isinstance(out, dict):
         batch.update(out)
     else:
-        batch["image"] = out
+        batch[IMAGE] = out
     return batch

@@ -1,6 +1,6 @@
 """Datasets that hand out whole batches by tensor indexing.
 
-A batch is a dict: ``image`` (uint8 until augmented on the device),
+A batch is a ``contracts.Batch``: ``image`` (uint8 until augmented on the device),
 ``target`` (the label trained on), ``clean_target`` and ``index`` (position in
 the full training set, so per-sample statistics can be tracked).
 """
@@ -11,6 +11,8 @@ from typing import Sequence
 
 import torch
 from torch.utils.data import Dataset
+
+from .contracts import CLEAN_TARGET, IMAGE, INDEX, TARGET, Batch
 
 
 class IndexedTensorDataset(Dataset):
@@ -31,13 +33,13 @@ class IndexedTensorDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitems__(self, positions: Sequence[int]) -> dict[str, torch.Tensor]:
+    def __getitems__(self, positions: Sequence[int]) -> Batch:
         rows = self.indices[torch.as_tensor(positions, dtype=torch.long)]
         return {
-            "image": self.images[rows],
-            "target": self.targets[rows],
-            "clean_target": self.clean_targets[rows],
-            "index": rows,
+            IMAGE: self.images[rows],
+            TARGET: self.targets[rows],
+            CLEAN_TARGET: self.clean_targets[rows],
+            INDEX: rows,
         }
 
     def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
@@ -46,15 +48,4 @@ class IndexedTensorDataset(Dataset):
 
 def keep_batch(batch: dict) -> dict:
     """collate_fn for datasets whose ``__getitems__`` already returns a batch."""
-    return batch
-
-
-def training_part(batch: dict) -> dict:
-    """The batch the training step's per-sample outputs refer to.
-
-    A plain batch is itself; a ``{"train": batch, "meta": batch}`` batch from a
-    ``CombinedLoader`` (the datamodule's ``meta_size`` > 0, Meta-Weight-Net) is its ``train`` part.
-    """
-    if "image" not in batch and "train" in batch:
-        return batch["train"]
     return batch

@@ -21,11 +21,11 @@ synthetic noise (symmetric, uniform, pairflip, asymmetric with
 label is known, ``clean_target`` is the file's label (``clean_known`` says which
 are real); the meta set is then drawn only from images with a known clean label.
 
-The noise, split, meta-set, saving and resuming logic is NoisyCIFAR's (this
-class inherits it), so every attribute (``noisy_targets``, ``clean_targets``,
+The noise, split, meta-set, saving and resuming logic is the shared
+:class:`~datamodules.noisy_dataset.NoisyDataModule`'s, so every attribute (``noisy_targets``, ``clean_targets``,
 ``noise_selected``, ``transition_matrix``, ``actual_noise_rate``,
-``train_indices``, ``val_indices``, ``meta_indices``, ``class_names``,
-``num_classes``, ``image_shape``) and ``noisy_labels.npz`` mean the same thing.
+``train_indices``, ``val_indices``, ``meta_indices``, ``clean_known``, ``class_names``,
+``num_classes``, ``image_shape``) and ``noisy_labels.npz`` mean the same thing as for CIFAR.
 When the data has its own validation split, ``val_indices`` index that split.
 """
 
@@ -38,23 +38,16 @@ from typing import Literal, Mapping, Sequence
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from pytorch_lightning.utilities import CombinedLoader, rank_zero_warn
-from torch.utils.data import DataLoader, Dataset
+from pytorch_lightning.utilities import rank_zero_warn
+from torch.utils.data import Dataset
 
-from . import augment, noise
-from .meta_split import select_meta
-from .noisy_cifar import NoisyCIFAR
+from . import augment
+from .contracts import CLEAN_TARGET, IMAGE, INDEX, TARGET, Batch
+from .noisy_dataset import NoisyDataModule
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
-
-
-@dataclass(frozen=True)
-class FolderSpec:
-    """What NoisyCIFAR's saving / resuming code needs to know of a dataset: its name."""
-
-    name: str
 
 
 @dataclass
@@ -138,13 +131,13 @@ class ImageFileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitems__(self, positions: Sequence[int]) -> dict[str, torch.Tensor]:
+    def __getitems__(self, positions: Sequence[int]) -> Batch:
         rows = self.indices[torch.as_tensor(positions, dtype=torch.long)]
         return {
-            "image": torch.stack([load_image(self.paths[r], self.image_size) for r in rows.tolist()]),
-            "target": self.targets[rows],
-            "clean_target": self.clean_targets[rows],
-            "index": rows,
+            IMAGE: torch.stack([load_image(self.paths[r], self.image_size) for r in rows.tolist()]),
+            TARGET: self.targets[rows],
+            CLEAN_TARGET: self.clean_targets[rows],
+            INDEX: rows,
         }
 
     def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
@@ -152,7 +145,7 @@ class ImageFileDataset(Dataset):
 
 
 # ------------------------------------------------------------------- datamodule
-class NoisyImageFolder(NoisyCIFAR):
+class NoisyImageFolder(NoisyDataModule):
     """Images from files (class folders or file lists) with controlled or real label noise.
 
     Args:
@@ -166,16 +159,18 @@ class NoisyImageFolder(NoisyCIFAR):
         on_bad_file: ``skip`` (report each unreadable / non-image file and drop it) or ``error``.
         check_files: verify every file with PIL in ``setup`` (reads headers; turn off for huge sets).
         val_size: held out of ``train`` when the data has no validation split (int or fraction).
-        noise_type, noise_rate, noise_seed: synthetic noise on top of the files' labels, or
-            ``clean`` / ``human`` (take the labels as they are).
         asymmetric_map: class map of ``asymmetric`` noise, by name or id (``{"cat": "dog"}``).
         mean, std: normalisation (default: ImageNet statistics).
-        augmentation: ``crop_flip`` or ``none``; crop padding is ``crop_padding`` px
-            (default ``image_size // 8``, the 4 px of CIFAR's 32).
-        Other arguments as NoisyCIFAR (``split_seed``, ``train_subset``, ``meta_size``, ...).
+        crop_padding: pixels of the ``crop_flip`` augmentation's crop (default ``image_size // 8``,
+            the 4 px of CIFAR's 32).
+        **kwargs: the noise, split, meta-set and loader settings of
+            :class:`~datamodules.noisy_dataset.NoisyDataModule` (``noise_type`` -- ``clean`` or ``human``
+            take the files' labels as they are --, ``noise_rate``, ``noise_seed``, ``split_seed``,
+            ``train_subset``, ``augmentation``, ``meta_size``, ...).
     """
 
-    spec = FolderSpec("image_folder")
+    dataset_name = "image_folder"
+    images_in_memory = False
 
     def __init__(
         self,
@@ -192,70 +187,40 @@ class NoisyImageFolder(NoisyCIFAR):
         on_bad_file: Literal["skip", "error"] = "skip",
         check_files: bool = True,
         val_size: int | float = 0.1,
-        val_clean_labels: bool = False,
-        split_seed: int = 0,
-        train_subset: int | None = None,
-        noise_type: str = "clean",
-        noise_rate: float = 0.0,
-        noise_seed: int = 0,
         asymmetric_map: Mapping[str, str] | Mapping[int, int] | None = None,
-        noisy_labels_path: str | None = None,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
-        augmentation: str = "crop_flip",
         crop_padding: int | None = None,
-        meta_size: int = 0,
-        meta_seed: int = 0,
-        meta_batch_size: int | None = None,
+        **kwargs,
     ):
-        super(NoisyCIFAR, self).__init__()  # skip NoisyCIFAR.__init__: it checks CIFAR-only options
-        self.save_hyperparameters()
-        self.hparams.resident_on_device = False  # read by NoisyCIFAR's loaders
-        noise.check_noise_type(noise_type)
-        noise.check_noise_rate(noise_rate)
-        if noise_type in ("clean", "human") and noise_rate != 0:
-            raise ValueError(f"noise_rate must be 0 for noise_type {noise_type!r}, got {noise_rate}")
         if on_bad_file not in ("skip", "error"):
             raise ValueError(f"on_bad_file must be 'skip' or 'error', got {on_bad_file!r}")
         if image_size < 8:
             raise ValueError(f"image_size must be >= 8 pixels, got {image_size}")
-        if batch_size < 1 or num_workers < 0:
-            raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
-        if meta_size < 0 or (meta_batch_size is not None and meta_batch_size < 1):
-            raise ValueError(f"meta_size must be >= 0 and meta_batch_size >= 1, got {meta_size}, {meta_batch_size}")
-        if isinstance(val_size, float) and not 0.0 <= val_size < 1.0:
-            raise ValueError(f"val_size as a fraction must be in [0, 1), got {val_size}")
         if len(mean) != 3 or len(std) != 3:
             raise ValueError(f"mean and std need 3 values (RGB), got {list(mean)}, {list(std)}")
         if (val_list or test_list or clean_list) and not train_list:
             raise ValueError("val_list / test_list / clean_list need a train_list (file-list layout)")
-        padding = image_size // 8 if crop_padding is None else crop_padding
-        if not 0 <= padding < image_size:
-            raise ValueError(f"crop_padding must be in 0..{image_size - 1}, got {padding}")
+        self.crop_padding = image_size // 8 if crop_padding is None else crop_padding
+        if not 0 <= self.crop_padding < image_size:
+            raise ValueError(f"crop_padding must be in 0..{image_size - 1}, got {self.crop_padding}")
         self.mean, self.std = tuple(mean), tuple(std)
-        if augmentation == "crop_flip":
-            self.train_transform = augment.CropFlip(self.mean, self.std, padding=padding)
-        elif augmentation in augment.TRAIN_AUGMENTATIONS:
-            self.train_transform = augment.TRAIN_AUGMENTATIONS[augmentation](self.mean, self.std)
-        else:
-            allowed = ", ".join(augment.TRAIN_AUGMENTATIONS)
-            raise ValueError(f"unknown augmentation {augmentation!r}; allowed: {allowed}")
-        self.eval_transform = augment.Normalize(self.mean, self.std)
-        self._train = self._val = self._test = None
+        self.image_shape = (3, image_size, image_size)
+        super().__init__(batch_size=batch_size, num_workers=num_workers, val_size=val_size, **kwargs)
         self.bad_files: list[tuple[str, str]] = []
-        self._index()
-        if noise_type == "asymmetric" and not asymmetric_map:
+        self._listed = self._index()  # split name -> files and labels, checked in setup
+        self._asymmetric_map = self._class_ids(asymmetric_map) if asymmetric_map else None
+        if self.hparams.noise_type == "asymmetric" and not asymmetric_map:
             raise ValueError("asymmetric noise on an image folder needs asymmetric_map ({source class: target class})")
-        if asymmetric_map:
-            self._asymmetric_map = self._class_ids(asymmetric_map)
+
+    def make_train_transform(self, augmentation: str) -> torch.nn.Module:
+        if augmentation == "crop_flip":
+            return augment.CropFlip(self.mean, self.std, padding=self.crop_padding)
+        return super().make_train_transform(augmentation)
 
     # ------------------------------------------------------------ indexing
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return (3, self.hparams.image_size, self.hparams.image_size)
-
     def class_map(self) -> dict[int, int] | None:
-        return getattr(self, "_asymmetric_map", None)
+        return self._asymmetric_map
 
     def _class_ids(self, mapping: Mapping) -> dict[int, int]:
         ids = {name: i for i, name in enumerate(self.class_names)}
@@ -272,18 +237,17 @@ class NoisyImageFolder(NoisyCIFAR):
             out[pair[0]] = pair[1]
         return out
 
-    def _index(self) -> None:
+    def _index(self) -> dict[str, FileSplit]:
         """Find the files and labels of every split (no decoding): cheap, so done in ``__init__``."""
         hp, root = self.hparams, Path(self.hparams.root).expanduser()
         if hp.train_list:
-            self._index_lists(root)
-            return
+            return self._index_lists(root)
         self.class_names, paths, labels = scan_class_folders(root / "train")
         if hp.num_classes is not None and hp.num_classes != len(self.class_names):
             found = len(self.class_names)
             raise ValueError(f"num_classes is {hp.num_classes} but {root / 'train'} has {found} class folders")
         self.num_classes = len(self.class_names)
-        self._train = self._split_from(paths, labels)
+        listed = {"train": self._split_from(paths, labels)}
         for name in ("val", "test"):
             if (root / name).is_dir():
                 classes, p, l = scan_class_folders(root / name)
@@ -293,9 +257,10 @@ class NoisyImageFolder(NoisyCIFAR):
                         f"classes of {root / name} differ from {root / 'train'}: missing {sorted(missing)}, "
                         f"extra {sorted(extra)}"
                     )
-                setattr(self, f"_{name}", self._split_from(p, l))
+                listed[name] = self._split_from(p, l)
+        return listed
 
-    def _index_lists(self, root: Path) -> None:
+    def _index_lists(self, root: Path) -> dict[str, FileSplit]:
         hp = self.hparams
         lists = {name: read_file_list(Path(f).expanduser(), root)
                  for name, f in (("train", hp.train_list), ("val", hp.val_list), ("test", hp.test_list)) if f}
@@ -312,8 +277,7 @@ class NoisyImageFolder(NoisyCIFAR):
             if max(cl) >= self.num_classes:
                 raise ValueError(f"{hp.clean_list} holds label {max(cl)} but num_classes is {self.num_classes}")
             clean = dict(zip(cp, cl))
-        for name, (paths, labels) in lists.items():
-            setattr(self, f"_{name}", self._split_from(paths, labels, clean))
+        return {name: self._split_from(paths, labels, clean) for name, (paths, labels) in lists.items()}
 
     @staticmethod
     def _split_from(paths: list[str], labels: list[int], clean: Mapping[str, int] | None = None) -> FileSplit:
@@ -341,97 +305,22 @@ class NoisyImageFolder(NoisyCIFAR):
             raise ValueError(f"after skipping bad files the {name} split has empty classes: {', '.join(empty)}")
         return kept
 
-    # ------------------------------------------------- NoisyCIFAR's hooks
-    def prepare_data(self) -> None:
-        pass
-
-    def training_images(self):
-        """Not available: image folders are decoded by the loader's workers, never held in memory."""
-        raise NotImplementedError(
-            f"{type(self).__name__} decodes its files in the loader and holds no image tensor; "
-            "callbacks that need the training images (e.g. PatchWhitening) work with NoisyCIFAR10/100 only"
-        )
-
-    def _load(self) -> None:
-        if getattr(self, "_checked", False):
-            return
+    # ------------------------------------------------------ the base's hooks
+    def read_splits(self) -> tuple[FileSplit, FileSplit | None, FileSplit | None]:
+        listed = self._listed
         if self.hparams.check_files:
-            self._train = self._drop_bad_files(self._train, "train")
-            for name in ("val", "test"):
-                if getattr(self, f"_{name}") is not None:
-                    setattr(self, f"_{name}", self._drop_bad_files(getattr(self, f"_{name}"), name))
-        self._checked = True
+            listed = {name: self._drop_bad_files(split, name) for name, split in listed.items()}
+        return listed["train"], listed.get("val"), listed.get("test")
 
-    def _draw_noise(self) -> None:
-        if self.hparams.noise_type != "human":
-            return super()._draw_noise()
-        self.noisy_targets = self._train.given.clone()  # human noise: whatever the files say
-        self.noise_selected = self.noisy_targets != self.clean_targets
-        known = self._train.clean_known
-        self.transition_matrix = noise.empirical_transition_matrix(
-            self.clean_targets[known], self.noisy_targets[known], self.num_classes
-        )
+    def known_clean_labels(self) -> torch.Tensor:
+        return self._train.clean_known
 
-    def _split(self) -> None:
-        """NoisyCIFAR's split, except that a validation split of its own is used when there is one,
-        and that the meta set is drawn only from images whose clean label is known."""
-        hp, n = self.hparams, len(self._train.paths)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(hp.split_seed))
-        if self._val is None:
-            n_val = int(round(hp.val_size * n)) if isinstance(hp.val_size, float) else int(hp.val_size)
-            if n_val >= n:
-                raise ValueError(f"val_size {hp.val_size} leaves no training images out of {n}")
-            self.val_indices, pool = perm[:n_val].sort().values, perm[n_val:]
-        else:
-            self.val_indices, pool = torch.arange(len(self._val.paths)), perm
-        self.meta_indices, self.train_indices = self._select_meta(pool)
-        if hp.train_subset is not None:
-            if not 0 < hp.train_subset <= len(self.train_indices):
-                raise ValueError(f"train_subset must be in 1..{len(self.train_indices)}, got {hp.train_subset}")
-            self.train_indices = self.train_indices[: hp.train_subset]
-        self.train_indices = self.train_indices.sort().values
+    def human_noisy_labels(self) -> torch.Tensor:
+        return self._train.given.clone()  # human noise: whatever the files say
 
-    def _select_meta(self, pool: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        known = pool[self._train.clean_known[pool]]  # the meta set needs trusted labels
-        meta, _ = select_meta(self.clean_targets, known, self.hparams.meta_size, self.num_classes,
-                              self.hparams.meta_seed, self.class_names)
-        return meta, pool[~torch.isin(pool, meta)]
-
-    # ------------------------------------------------------------- loaders
-    def _dataset(self, split: FileSplit, targets: torch.Tensor, clean: torch.Tensor, rows: torch.Tensor):
+    def make_dataset(self, split: FileSplit, targets: torch.Tensor, clean: torch.Tensor, rows: torch.Tensor) -> Dataset:
         return ImageFileDataset(split.paths, targets, clean, rows, self.hparams.image_size)
 
-    def train_dataloader(self) -> DataLoader | CombinedLoader:
-        ds = self._dataset(self._train, self.noisy_targets, self.clean_targets, self.train_indices)
-        train = self._loader(ds, shuffle=True)
-        if not self.hparams.meta_size:
-            return train
-        return CombinedLoader({"train": train, "meta": self.meta_dataloader()}, mode="max_size_cycle")
-
-    def meta_dataloader(self) -> DataLoader:
-        ds = self._dataset(self._train, self.clean_targets, self.clean_targets, self.meta_indices)
-        bs = min(self.hparams.meta_batch_size or self.hparams.batch_size, len(ds))
-        return self._loader(ds, shuffle=True, batch_size=bs)
-
-    def train_eval_dataloader(self) -> DataLoader:
-        """The training images in order, not augmented (apply ``eval_transform``), each once over all
-        processes: for methods that score every training sample (DivideMix's per-sample losses)."""
-        ds = self._dataset(self._train, self.noisy_targets, self.clean_targets, self.train_indices)
-        return self._loader(ds, shuffle=False, batch_size=2 * self.hparams.batch_size)
-
-    def val_dataloader(self) -> DataLoader:
-        if self._val is None:  # held out of train: noisy labels unless val_clean_labels
-            targets = self.clean_targets if self.hparams.val_clean_labels else self.noisy_targets
-            ds = self._dataset(self._train, targets, self.clean_targets, self.val_indices)
-        else:  # a split of its own: the labels its files give
-            targets = self._val.labels if self.hparams.val_clean_labels else self._val.given
-            ds = self._dataset(self._val, targets, self._val.labels, self.val_indices)
-        return self._loader(ds, shuffle=False, batch_size=2 * self.hparams.batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        split = self._test
-        if split is None:
-            rank_zero_warn("the image folder has no test split (root/test or test_list): testing on validation")
-            return self.val_dataloader()
-        ds = self._dataset(split, split.labels, split.labels, torch.arange(len(split.paths)))
-        return self._loader(ds, shuffle=False, batch_size=2 * self.hparams.batch_size)
+    @property
+    def no_test_split_warning(self) -> str:
+        return "the image folder has no test split (root/test or test_list)"

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .augment import normalize, to_float
+from .contracts import VIEW1, VIEW2
 
 GREY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale (ITU-R 601-2 luma)
 
@@ -258,7 +259,7 @@ def apply_view(images: torch.Tensor, params: ViewParams) -> torch.Tensor:
 class SimCLRAugment(torch.nn.Module):
     """Two independent views of every image, normalised: ``{"view1": [N,3,H,W], "view2": ...}``.
 
-    Registered in ``datamodules.augment.TRAIN_AUGMENTATIONS`` as ``simclr``; the
+    Registered in ``datamodules.train_augmentations.TRAIN_AUGMENTATIONS`` as ``simclr``; the
     datamodule merges the returned dict into the batch (``image`` stays the
     un-augmented uint8 batch).
     """
@@ -276,4 +277,4 @@ class SimCLRAugment(torch.nn.Module):
         return normalize(apply_view(images, params), self.mean, self.std)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"view1": self.view(images), "view2": self.view(images)}
+        return {VIEW1: self.view(images), VIEW2: self.view(images)}

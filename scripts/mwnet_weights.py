@@ -38,7 +38,7 @@ def score(model: MetaWeightNet, dm: NoisyCIFAR10, batch_size: int = 500) -> tupl
     losses = []
     for start in range(0, len(idx), batch_size):
         i = idx[start:start + batch_size]
-        images = dm.eval_transform(dm._train.images[i])
+        images = dm.eval_transform(dm.training_set_images(i))
         losses.append(model.per_sample_loss(model(images), dm.noisy_targets[i]))
     losses = torch.cat(losses)
     return losses, model.weighting_net(losses).flatten()

@@ -70,7 +70,7 @@ def test_download_verifies_md5_extracts_and_datamodule_reads_it(tmp_path, fake_a
     dm.setup("fit")
     assert len(dm.clean_targets) == 100 and len(dm.train_indices) == 90 and len(dm.val_indices) == 10
     expected = _reference_images(fake_archive.parent / "cifar-10-batches-py")
-    assert torch.equal(dm._train.images, torch.from_numpy(expected))
+    assert torch.equal(dm.training_set_images(), torch.from_numpy(expected))
     assert dm.class_names[9] == "truck"
 
 
@@ -145,7 +145,7 @@ def test_folder_already_there_is_used_without_md5_or_download(tmp_path, use_spec
     dm = NoisyCIFAR10(data_dir=str(tmp_path), download=True, val_size=0)
     dm.prepare_data()
     dm.setup("fit")
-    assert len(dm.clean_targets) == 50 and len(dm._test.labels) == 10
+    assert len(dm.clean_targets) == 50 and len(dm.test_images()[1]) == 10
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cifar-10-batches-py"]
 
 

@@ -14,6 +14,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from datamodules import NoisyCIFAR10, NoisyCIFAR100, augment
 from datamodules.noisy_cifar import NOISY_LABELS_FILE
+from datamodules.train_augmentations import TRAIN_AUGMENTATIONS
 from fake_cifar import write_fake_cifar10
 from lightning_modules import Classifier
 from lightning_modules.backbones import CNN, LeNet
@@ -264,7 +265,7 @@ def test_eval_transform_is_deterministic_and_exact():
     a, b = t(x), t(x)
     assert torch.equal(a, b)
     torch.testing.assert_close(a, (x.float() / 255 - MEAN) / STD)
-    assert torch.equal(augment.TRAIN_AUGMENTATIONS["none"](augment.CIFAR10_MEAN, augment.CIFAR10_STD)(x), a)
+    assert torch.equal(TRAIN_AUGMENTATIONS["none"](augment.CIFAR10_MEAN, augment.CIFAR10_STD)(x), a)
 
 
 def test_apply_transform_merges_dict_outputs():

@@ -68,7 +68,7 @@ def test_callback_scores_a_classifier_by_self_confidence(fake_cifar10_dir, tmp_p
     model.eval()
     idx = dm.train_indices
     with torch.no_grad():
-        p = model(dm.eval_transform(dm._train.images[idx])).softmax(1)
+        p = model(dm.eval_transform(dm.training_set_images(idx))).softmax(1)
     given = dm.noisy_targets[idx]
     conf = p[torch.arange(len(idx)), given].numpy()
     flipped = (given != dm.clean_targets[idx]).numpy()
@@ -145,7 +145,7 @@ def test_callback_uses_meta_weight_net_weights(fake_cifar10_dir, tmp_path):
     model.eval()
     idx = dm.train_indices
     with torch.no_grad():
-        logits = model.backbone(dm.eval_transform(dm._train.images[idx]))
+        logits = model.backbone(dm.eval_transform(dm.training_set_images(idx)))
         weight = model.weighting_net(F.cross_entropy(logits, dm.noisy_targets[idx], reduction="none"))
     flipped = (dm.noisy_targets != dm.clean_targets)[idx]
     flagged = weight < 0.5

@@ -134,7 +134,7 @@ def reference_clean_prob(net: torch.nn.Module, dm: NoisyCIFAR10) -> np.ndarray:
     """Eval-mode CE on every un-augmented training image, min-max normalised, sklearn's mixture."""
     net.eval()
     idx = dm.train_indices
-    x = dm.eval_transform(dm._train.images[idx])
+    x = dm.eval_transform(dm.training_set_images(idx))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         loss = F.cross_entropy(net(x).float(), dm.noisy_targets[idx], reduction="none").double().numpy()
     loss = (loss - loss.min()) / (loss.max() - loss.min())
@@ -177,7 +177,7 @@ def test_bad_input_is_refused_early(fake_cifar10_dir):
 def test_two_views_are_independent_augmentations_of_the_same_images(fake_cifar10_dir):
     dm = fake_datamodule(fake_cifar10_dir)
     dm.setup("fit")
-    raw = dm._train.images[:64]
+    raw = dm.training_set_images()[:64]
     torch.manual_seed(0)
     out = dm.train_transform(raw)
     assert set(out) == {"image", "image2"} and out["image"].shape == out["image2"].shape == (64, 3, 32, 32)
@@ -226,7 +226,7 @@ def test_dividemix_under_two_process_ddp_gathers_every_samples_loss(fake_cifar10
                       noise_rate=0.2, noise_seed=0)
     dm.setup("fit")
     gathered = torch.tensor(ranks[0]["losses"])
-    x = dm.eval_transform(dm._train.images[dm.train_indices])
+    x = dm.eval_transform(dm.training_set_images(dm.train_indices))
     for k, net in enumerate((model.net1, model.net2)):
         net.eval()
         with torch.no_grad():

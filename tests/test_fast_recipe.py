@@ -14,7 +14,7 @@ from torch import nn
 from callbacks.lookahead import Lookahead
 from callbacks.patch_whitening import PatchWhitening
 from datamodules import NoisyCIFAR10
-from datamodules.augment import TRAIN_AUGMENTATIONS
+from datamodules.train_augmentations import TRAIN_AUGMENTATIONS
 from lightning_modules import Classifier
 from lightning_modules.backbones import AirbenchNet, Backbone
 from lightning_modules.optim_groups import scale_norm_groups, split_norm_groups

@@ -49,7 +49,7 @@ def test_class_folders_give_cifar_shaped_batches_decoded_in_workers(tmp_path):
         rgb = torch.tensor(list(COLOURS.values())[int(label)], dtype=torch.float)
         assert torch.allclose(img.float().mean((1, 2)), rgb, atol=6)  # JPEG tolerance
     test = next(iter(d.test_dataloader()))
-    assert test["image"].shape[1:] == (3, 16, 16) and len(d._test.paths) == 6
+    assert test["image"].shape[1:] == (3, 16, 16) and len(d.test_dataloader().dataset) == 6
 
 
 def test_device_augmentation_for_any_image_size(tmp_path):
@@ -143,11 +143,11 @@ def test_clothing1m_style_file_lists_with_human_noise_and_clean_subset(tmp_path)
     d = dm(root, train_list=str(tmp_path / "noisy_train.txt"), clean_list=str(tmp_path / "clean.txt"),
            test_list=str(tmp_path / "test.txt"), noise_type="human", class_names=["cat", "dog", "frog"], val_size=0,
            meta_size=1)
-    assert d.num_classes == 3 and d._train.clean_known.sum() == 6
+    assert d.num_classes == 3 and d.clean_known.sum() == 6
     assert d.noisy_targets.tolist() == list(given.values())
     expected_clean = [truth.get(f, l) for f, l in given.items()]
     assert d.clean_targets.tolist() == expected_clean
-    assert bool(d._train.clean_known[d.meta_indices].all())  # trusted labels only
+    assert bool(d.clean_known[d.meta_indices].all())  # trusted labels only
     assert len(next(iter(d.test_dataloader()))["image"]) == 3
     (tmp_path / "bad.txt").write_text(f"{files[0].relative_to(root)}\n")
     with pytest.raises(ValueError, match=r"bad\.txt:1: expected 'path label'"):

@@ -28,12 +28,13 @@ def aggre(real_cifar10_dir):
 
 def test_sizes_and_channel_means(aggre):
     dm = aggre
-    assert dm._train.images.shape == (50_000, 3, 32, 32) and dm._train.images.dtype == torch.uint8
-    assert dm._test.images.shape == (10_000, 3, 32, 32)
+    train, (test, test_labels) = dm.training_set_images(), dm.test_images()
+    assert train.shape == (50_000, 3, 32, 32) and train.dtype == torch.uint8
+    assert test.shape == (10_000, 3, 32, 32)
     assert len(dm.train_indices) == 45_000 and len(dm.val_indices) == 5_000
     assert torch.bincount(dm.clean_targets).tolist() == [5000] * 10
-    assert torch.bincount(dm._test.labels).tolist() == [1000] * 10
-    sums = dm._train.images.sum(dim=(0, 2, 3), dtype=torch.int64).double()
+    assert torch.bincount(test_labels).tolist() == [1000] * 10
+    sums = train.sum(dim=(0, 2, 3), dtype=torch.int64).double()
     mean = sums / (50_000 * 32 * 32 * 255)
     for got, want in zip(mean.tolist(), OFFICIAL_MEAN):
         assert abs(got - want) < 0.01, (mean.tolist(), OFFICIAL_MEAN)

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .plain_npz import read_npz
+
+if TYPE_CHECKING:
+    from .noisy_dataset import NoisyDataModule
 
 #: datamodule attributes whose exact contents define what is trained and validated on
 FINGERPRINTED = ("noisy_targets", "clean_targets", "train_indices", "val_indices", "meta_indices")
@@ -35,18 +38,19 @@ def fingerprint(tensor: torch.Tensor) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def data_state(dm: Any) -> dict[str, Any]:
+def data_state(dm: NoisyDataModule) -> dict[str, Any]:
     """Fingerprints of the labels and split of a set-up datamodule ({} before ``setup``)."""
-    if getattr(dm, "noisy_targets", None) is None:
+    if dm.noisy_targets is None:
         return {}
-    prints = {k: fingerprint(getattr(dm, k)) for k in FINGERPRINTED if getattr(dm, k, None) is not None}
+    tensors = {k: getattr(dm, k) for k in FINGERPRINTED}
+    prints = {k: fingerprint(t) for k, t in tensors.items() if t is not None}
     settings = {k: dm.hparams.get(k) for k in SETTINGS if k in dm.hparams}
-    return {"fingerprints": prints, "settings": settings, "dataset": dm.spec.name}
+    return {"fingerprints": prints, "settings": settings, "dataset": dm.dataset_name}
 
 
-def check_data_state(dm: Any, state: dict[str, Any]) -> None:
+def check_data_state(dm: NoisyDataModule, state: dict[str, Any]) -> None:
     """Raise ``ValueError`` when ``dm`` serves other labels or another split than the checkpoint's run."""
-    if not state or getattr(dm, "noisy_targets", None) is None:
+    if not state or dm.noisy_targets is None:
         return
     now = data_state(dm)
     if state.get("dataset") != now["dataset"]:
@@ -67,7 +71,7 @@ def check_data_state(dm: Any, state: dict[str, Any]) -> None:
     )
 
 
-def check_run_folder_labels(dm: Any, path: Path) -> None:
+def check_run_folder_labels(dm: NoisyDataModule, path: Path) -> None:
     """Refuse to overwrite a run folder's ``noisy_labels.npz`` with other labels.
 
     Called before ``setup`` writes the file, on every process: a run resumed
@@ -77,13 +81,14 @@ def check_run_folder_labels(dm: Any, path: Path) -> None:
     if not path.is_file():
         return
     z = read_npz(path, "the run folder's", "the noisy_labels.npz this run writes")
-    old = {k: z[k] for k in ("noisy_targets", "clean_targets") if k in z}
+    now_labels = {"noisy_targets": dm.noisy_targets, "clean_targets": dm.clean_targets}
+    old = {k: z[k] for k in now_labels if k in z}
     meta = {k: z[k].item() for k in ("dataset", "noise_type", "noise_rate", "noise_seed") if k in z}
     same = len(old) == 2 and all(
-        old[k].shape == tuple(getattr(dm, k).shape) and np.array_equal(old[k], getattr(dm, k).numpy()) for k in old
+        old[k].shape == tuple(now_labels[k].shape) and np.array_equal(old[k], now_labels[k].numpy()) for k in old
     )
     if not same:
-        now = {"dataset": dm.spec.name, **{k: dm.hparams.get(k) for k in ("noise_type", "noise_rate", "noise_seed")}}
+        now = {"dataset": dm.dataset_name, **{k: dm.hparams.get(k) for k in ("noise_type", "noise_rate", "noise_seed")}}
         raise ValueError(
             f"{path} holds other noisy labels than this run draws ({meta} there, {now} now): this folder belongs "
             "to another run. Noisy labels are never redrawn on resume: resume with the original data settings "
