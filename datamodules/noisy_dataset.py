@@ -78,6 +78,9 @@ class NoisyDataModule(pl.LightningDataModule):
             (the meta loader cycles).
         meta_seed: seed of the meta-set choice.
         meta_batch_size: meta batch size (default: ``batch_size``, capped at the meta-set size).
+        serve_meta: False: the meta set is held out of training but not served; training batches are
+            plain. For the baseline of a comparison with a meta-set method, which must train on the same
+            images without seeing the clean ones.
         resident_on_device: keep the images and labels on the training device (the whole of CIFAR is
             150 MB of uint8) and make batches there: no host-to-device copy per batch. Needs num_workers 0
             and a dataset held in memory.
@@ -112,6 +115,7 @@ class NoisyDataModule(pl.LightningDataModule):
         meta_size: int = 0,
         meta_seed: int = 0,
         meta_batch_size: int | None = None,
+        serve_meta: bool = True,
         resident_on_device: bool = False,
         num_folds: int = 0,
         fold: int = 0,
@@ -335,7 +339,7 @@ class NoisyDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader | CombinedLoader:
         ds = self.make_dataset(self._train, self.noisy_targets, self.clean_targets, self.train_indices)
         train = self._loader(ds, shuffle=True)
-        if not self.hparams.meta_size:
+        if not self.hparams.meta_size or not self.hparams.serve_meta:
             return train
         return CombinedLoader({TRAIN: train, META: self.meta_dataloader()}, mode="max_size_cycle")
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Which training samples does a trained Meta-Weight-Net weight down? (docs/results.md)
 
-Loads a MetaWeightNet checkpoint written by ``scripts/mwnet_vs_ce.py``, rebuilds the
+Loads a MetaWeightNet checkpoint (e.g. the ``mwnet`` cell of scripts/matrix/mwnet_vs_ce_cpu.yaml), rebuilds the
 same training split from the run's saved ``noisy_labels.npz``, and scores every
 training image: its loss under the checkpoint's classifier (eval mode) and the weight
 the weighting net gives that loss. Flipped samples share their noisy label with
@@ -10,24 +10,21 @@ among the images labelled "cat", are the dogs weighted less than the cats? Print
 weighting function on a grid of losses, the mean weights per noisy label, and the
 AUROC of "weight below" for telling flipped from correct samples.
 
-    python scripts/mwnet_weights.py runs/mwnet_memorise/mwnet/version_0/checkpoints/best-*.ckpt \
-        --labels runs/mwnet_memorise/noisy_labels.npz --train-subset 3000
+    python scripts/mwnet_weights.py runs/matrix/mwnet_vs_ce_cpu/asym40/mwnet/seed0/version_0/checkpoints/best-*.ckpt \
+        --labels runs/matrix/mwnet_vs_ce_cpu/asym40/noisy_labels.npz --train-subset 3000
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from callbacks.noise_diagnostics import loss_auroc  # noqa: E402
-from datamodules import NoisyCIFAR10  # noqa: E402
-from lightning_modules import MetaWeightNet  # noqa: E402
-from mwnet_vs_ce import make_backbone  # noqa: E402
+from callbacks.noise_diagnostics import loss_auroc
+from datamodules import NoisyCIFAR10
+from lightning_modules import MetaWeightNet
 
 
 @torch.no_grad()
@@ -52,13 +49,10 @@ def main() -> None:
     p.add_argument("--train-subset", type=int, default=None)
     p.add_argument("--val-size", type=int, default=1000)
     p.add_argument("--meta-size", type=int, default=10)
-    p.add_argument("--backbone", choices=["cnn", "convnet6"], default="cnn", help="as given to mwnet_vs_ce.py")
-    p.add_argument("--width", type=float, default=0.25, help="as given to mwnet_vs_ce.py")
     p.add_argument("--out", default=None, help="write the numbers as JSON here too")
     args = p.parse_args()
 
-    model = MetaWeightNet.load_from_checkpoint(args.checkpoint, map_location="cpu",
-                                               backbone=make_backbone(args))
+    model = MetaWeightNet.load_from_checkpoint(args.checkpoint, map_location="cpu")  # backbone from its saved spec
     dm = NoisyCIFAR10(data_dir=args.data_dir, batch_size=100, val_size=args.val_size, train_subset=args.train_subset,
                       meta_size=args.meta_size, noisy_labels_path=args.labels, augmentation="none")
     dm.setup("fit")
@@ -68,7 +62,8 @@ def main() -> None:
 
     grid = torch.tensor([0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
     curve = model.weighting_net(grid).flatten()
-    print("weighting function V(loss): " + ", ".join(f"{g:.2f}->{v:.3f}" for g, v in zip(grid.tolist(), curve.tolist())))
+    points = zip(grid.tolist(), curve.tolist())
+    print("weighting function V(loss): " + ", ".join(f"{g:.2f}->{v:.3f}" for g, v in points))
     print("| noisy label | correct: n, mean loss, mean weight | flipped: n, mean loss, mean weight | AUROC |")
     print("|---|---|---|---|")
     rows = []

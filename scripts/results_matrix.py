@@ -128,7 +128,7 @@ def draw_row_labels(spec: dict, row: dict) -> Path:
     path = row_labels_file(spec, row)
     if path.is_file():
         return path
-    from datamodules.noisy_cifar import save_noisy_labels  # imported here: `table` needs no torch
+    from datamodules.noisy_dataset import save_noisy_labels  # imported here: `table` needs no torch
     from train import main
 
     argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when it also sees this script's arguments

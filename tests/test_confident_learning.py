@@ -15,7 +15,7 @@ import torch
 from datamodules import NoisyCIFAR10
 from datamodules.corrected_labels import write_corrected_labels
 from datamodules.folds import cv_folds, split_fold
-from datamodules.noisy_cifar import save_noisy_labels
+from datamodules.noisy_dataset import save_noisy_labels
 from resume_helpers import REPO
 
 

@@ -124,6 +124,7 @@ def test_saved_label_file_and_hparams_are_unchanged(tmp_path, fake_cifar10_dir):
         ("human_label_set", None), ("human_labels", None), ("meta_batch_size", None), ("meta_seed", 0),
         ("meta_size", 0), ("noise_rate", 0.4), ("noise_seed", 0), ("noise_type", "symmetric"),
         ("noisy_labels_path", None), ("num_folds", 0), ("num_workers", 0), ("resident_on_device", False),
+        ("serve_meta", True),  # added after the pin: a new option, its default keeps the old behaviour
         ("split_seed", 0), ("train_subset", None), ("val_clean_labels", False), ("val_size", 100),
     ]
     again = NoisyCIFAR10(data_dir=str(fake_cifar10_dir), val_size=100, noisy_labels_path=str(tmp_path / "noisy_labels.npz"))

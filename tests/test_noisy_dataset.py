@@ -90,3 +90,18 @@ def test_augmentation_modules_import_one_way():
     assert "simclr_augment" not in _imports("augment") and "train_augmentations" not in _imports("augment")
     assert "train_augmentations" not in _imports("simclr_augment")
     assert {"augment", "simclr_augment"} <= _imports("train_augmentations")
+
+
+def test_a_held_out_meta_set_need_not_be_served(fake_cifar10_dir):
+    """serve_meta false: the same training images as the meta-set method (the meta set held out of
+    both), but plain batches, so a baseline never sees the clean meta images."""
+    kw = dict(data_dir=str(fake_cifar10_dir), val_size=50, meta_size=3, batch_size=16)
+    served, held = NoisyCIFAR10(**kw), NoisyCIFAR10(serve_meta=False, **kw)
+    for dm in (served, held):
+        dm.setup("fit")
+    assert torch.equal(served.train_indices, held.train_indices) and len(held.meta_indices) == 30
+    assert not set(held.meta_indices.tolist()) & set(held.train_indices.tolist())
+    assert set(served.train_dataloader().iterables) == {"train", "meta"}  # a CombinedLoader
+    batch = next(iter(held.train_dataloader()))
+    assert set(batch) == {"image", "target", "clean_target", "index"}
+    assert not set(batch["index"].tolist()) & set(held.meta_indices.tolist())
