@@ -8,7 +8,6 @@ the data loader only indexes a uint8 tensor.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .contracts import IMAGE, IMAGE2, INDEX
 

@@ -250,14 +250,14 @@ class NoisyImageFolder(NoisyDataModule):
         listed = {"train": self._split_from(paths, labels)}
         for name in ("val", "test"):
             if (root / name).is_dir():
-                classes, p, l = scan_class_folders(root / name)
+                classes, split_paths, split_labels = scan_class_folders(root / name)
                 if classes != self.class_names:
                     missing, extra = set(self.class_names) - set(classes), set(classes) - set(self.class_names)
                     raise ValueError(
                         f"classes of {root / name} differ from {root / 'train'}: missing {sorted(missing)}, "
                         f"extra {sorted(extra)}"
                     )
-                listed[name] = self._split_from(p, l)
+                listed[name] = self._split_from(split_paths, split_labels)
         return listed
 
     def _index_lists(self, root: Path) -> dict[str, FileSplit]:
@@ -283,7 +283,7 @@ class NoisyImageFolder(NoisyDataModule):
     def _split_from(paths: list[str], labels: list[int], clean: Mapping[str, int] | None = None) -> FileSplit:
         given = torch.tensor(labels, dtype=torch.long)
         known = torch.tensor([p in clean for p in paths]) if clean else torch.ones(len(paths), dtype=torch.bool)
-        true = torch.tensor([clean.get(p, l) for p, l in zip(paths, labels)]) if clean else given.clone()
+        true = torch.tensor([clean.get(path, label) for path, label in zip(paths, labels)]) if clean else given.clone()
         return FileSplit(paths, given, true.long(), known)
 
     def _drop_bad_files(self, split: FileSplit, name: str) -> FileSplit:

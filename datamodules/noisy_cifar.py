@@ -46,7 +46,8 @@ class NoisyCIFAR(NoisyDataModule):
             allowed = HUMAN_LABEL_KEYS.get(self.dataset_name, {})
             if human_label_set not in allowed:
                 raise ValueError(
-                    f"unknown human_label_set {human_label_set!r} for {self.dataset_name}; allowed: {', '.join(allowed)}"
+                    f"unknown human_label_set {human_label_set!r} for {self.dataset_name}; "
+                    f"allowed: {', '.join(allowed)}"
                 )
 
     @property

@@ -134,10 +134,10 @@ def test_clothing1m_style_file_lists_with_human_noise_and_clean_subset(tmp_path)
     files = sorted((root / "train").rglob("*.*"))
     given = {f: (i % 3) for i, f in enumerate(files)}  # labels unrelated to the folders: "noisy"
     (tmp_path / "noisy_train.txt").write_text(
-        "# path label\n" + "".join(f"{f.relative_to(root)} {l}\n" for f, l in given.items()))
+        "# path label\n" + "".join(f"{f.relative_to(root)} {label}\n" for f, label in given.items()))
     verified = [f for i, f in enumerate(files) if i % 4 < 2]  # 2 of the 4 images of each class
     truth = {f: ["cat", "dog", "frog"].index(f.parent.name) for f in verified}
-    (tmp_path / "clean.txt").write_text("".join(f"{f.relative_to(root)} {l}\n" for f, l in truth.items()))
+    (tmp_path / "clean.txt").write_text("".join(f"{f.relative_to(root)} {label}\n" for f, label in truth.items()))
     tests = sorted((root / "test").rglob("*.*"))
     (tmp_path / "test.txt").write_text("".join(f"{f.relative_to(root)} {i}\n" for i, f in enumerate(tests)))
     d = dm(root, train_list=str(tmp_path / "noisy_train.txt"), clean_list=str(tmp_path / "clean.txt"),
@@ -145,7 +145,7 @@ def test_clothing1m_style_file_lists_with_human_noise_and_clean_subset(tmp_path)
            meta_size=1)
     assert d.num_classes == 3 and d.clean_known.sum() == 6
     assert d.noisy_targets.tolist() == list(given.values())
-    expected_clean = [truth.get(f, l) for f, l in given.items()]
+    expected_clean = [truth.get(f, label) for f, label in given.items()]
     assert d.clean_targets.tolist() == expected_clean
     assert bool(d.clean_known[d.meta_indices].all())  # trusted labels only
     assert len(next(iter(d.test_dataloader()))["image"]) == 3

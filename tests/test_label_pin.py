@@ -78,12 +78,16 @@ def _global_seed(monkeypatch):
 # ---------------------------------------------------------------- fake CIFAR
 CIFAR10_CASES = {
     "clean": (dict(val_size=100), "f28cf55e29f74caa", "f0ab6db4f6aa5eac"),
-    "symmetric": (dict(noise_type="symmetric", noise_rate=0.4, noise_seed=1, split_seed=3, val_size=100), "e8156ff1226c0814", "a21ec0b121b154a0"),
-    "uniform": (dict(noise_type="uniform", noise_rate=0.3, noise_seed=2, val_size=0.2), "bbaff56190358087", "33dd65e6638d2e60"),
-    "pairflip": (dict(noise_type="pairflip", noise_rate=0.2, train_subset=200, val_size=50), "2be17ab9345574ed", "d59dd004312e79d9"),
+    "symmetric": (dict(noise_type="symmetric", noise_rate=0.4, noise_seed=1, split_seed=3, val_size=100),
+                  "e8156ff1226c0814", "a21ec0b121b154a0"),
+    "uniform": (dict(noise_type="uniform", noise_rate=0.3, noise_seed=2, val_size=0.2),
+                "bbaff56190358087", "33dd65e6638d2e60"),
+    "pairflip": (dict(noise_type="pairflip", noise_rate=0.2, train_subset=200, val_size=50),
+                 "2be17ab9345574ed", "d59dd004312e79d9"),
     "asymmetric_meta": (dict(noise_type="asymmetric", noise_rate=0.3, noise_seed=5, meta_size=5, meta_seed=2,
                              val_size=100, val_clean_labels=True), "0078230d7d6be158", "0336e0bcc25ded00"),
-    "folds": (dict(noise_type="symmetric", noise_rate=0.2, num_folds=5, fold=2, val_size=50), "f5c975d0b3fe5a15", "72b0f1dd872e0c27"),
+    "folds": (dict(noise_type="symmetric", noise_rate=0.2, num_folds=5, fold=2, val_size=50),
+              "f5c975d0b3fe5a15", "72b0f1dd872e0c27"),
 }
 
 
@@ -127,7 +131,8 @@ def test_saved_label_file_and_hparams_are_unchanged(tmp_path, fake_cifar10_dir):
         ("serve_meta", True),  # added after the pin: a new option, its default keeps the old behaviour
         ("split_seed", 0), ("train_subset", None), ("val_clean_labels", False), ("val_size", 100),
     ]
-    again = NoisyCIFAR10(data_dir=str(fake_cifar10_dir), val_size=100, noisy_labels_path=str(tmp_path / "noisy_labels.npz"))
+    again = NoisyCIFAR10(data_dir=str(fake_cifar10_dir), val_size=100,
+                         noisy_labels_path=str(tmp_path / "noisy_labels.npz"))
     again.setup("fit")
     assert torch.equal(again.noisy_targets, dm.noisy_targets)
 
@@ -138,7 +143,7 @@ def _lists(root: Path, tmp_path: Path) -> dict:
     files = sorted((root / "train").rglob("*.*"))
     (tmp_path / "noisy.txt").write_text("".join(f"{f.relative_to(root)} {i % 3}\n" for i, f in enumerate(files)))
     truth = {f: ["cat", "dog", "frog"].index(f.parent.name) for i, f in enumerate(files) if i % 4 < 2}
-    (tmp_path / "clean.txt").write_text("".join(f"{f.relative_to(root)} {l}\n" for f, l in truth.items()))
+    (tmp_path / "clean.txt").write_text("".join(f"{f.relative_to(root)} {label}\n" for f, label in truth.items()))
     return dict(train_list=str(tmp_path / "noisy.txt"), clean_list=str(tmp_path / "clean.txt"),
                 class_names=["cat", "dog", "frog"])
 
@@ -148,9 +153,11 @@ FOLDER_CASES = {
                                            meta_size=2), "f495330acce9154c", "aa1fca141565cdd3"),
     "asymmetric_by_name": ({"train": 10}, dict(noise_type="asymmetric", noise_rate=0.5, val_size=0.2,
                                                asymmetric_map={"cat": "dog"}), "28abf6ae5c184855", "6f79e3abfa72dea6"),
-    "own_val_split": ({"train": 8, "val": 2, "test": 1}, dict(noise_type="pairflip", noise_rate=0.3,
-                                                              val_clean_labels=True), "6415e196a069a62d", "b0a065564ce72808"),
-    "file_lists_human": ({"train": 8}, dict(noise_type="human", val_size=4, meta_size=1), "d1a2cfcdddbd0505", "9dac2ba808706bb8"),
+    "own_val_split": ({"train": 8, "val": 2, "test": 1},
+                      dict(noise_type="pairflip", noise_rate=0.3, val_clean_labels=True),
+                      "6415e196a069a62d", "b0a065564ce72808"),
+    "file_lists_human": ({"train": 8}, dict(noise_type="human", val_size=4, meta_size=1),
+                         "d1a2cfcdddbd0505", "9dac2ba808706bb8"),
 }
 
 

@@ -59,8 +59,11 @@ class TinyTensors(NoisyDataModule):
     def read_splits(self):
         self.class_names = ["a", "b", "c"]
         g = torch.Generator().manual_seed(0)
-        split = lambda n: SimpleNamespace(images=torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=g),
-                                          labels=torch.arange(n) % 3)
+
+        def split(n: int) -> SimpleNamespace:
+            images = torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=g)
+            return SimpleNamespace(images=images, labels=torch.arange(n) % 3)
+
         return split(60), None, split(12)
 
 
