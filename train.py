@@ -22,6 +22,7 @@ false`` turns the check off: ``callbacks/finite_loss.py``).
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -49,6 +50,23 @@ from callbacks.hparams import HParamsMetrics
 from callbacks.test_oracle import TestOracle
 from callbacks.without_validation import NO_VALIDATION_NOTE, WithoutValidationSet, has_validation_set
 
+
+#: module paths of the previous release -> where their contents live now. Configs saved by earlier runs
+#: (their config.yaml) name classes by the old paths; kept importable for one release.
+RENAMED_MODULES = {
+    "callbacks.fault_tolerance": "callbacks.periodic_checkpoint",
+    "callbacks.plotting": "callbacks.inspection_helpers",
+    "datamodules.run_state": "datamodules.label_fingerprints",
+}
+
+
+def alias_renamed_modules() -> None:
+    """Make each old module path import its new module (``sys.modules``), without files left behind."""
+    for old, new in RENAMED_MODULES.items():
+        sys.modules.setdefault(old, importlib.import_module(new))
+
+
+alias_renamed_modules()
 
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "NOISY_DEBUG"

@@ -40,3 +40,22 @@ def test_configs_and_docs_use_the_short_spelling():
     assert len(files) > 20
     long = [f"{p.relative_to(REPO)}: {m.group(0)}" for p in files for m in LONG_SPELLING.finditer(p.read_text())]
     assert not long, "use callbacks.<Name>:\n" + "\n".join(long)
+
+
+def test_a_saved_config_with_an_old_class_path_still_runs(tmp_path, monkeypatch):
+    """config.yaml files of runs made before the renames name callbacks by their old module paths."""
+    import sys
+
+    import train
+    from callbacks.periodic_checkpoint import PeriodicCheckpoint
+
+    assert set(train.RENAMED_MODULES) >= {"callbacks.fault_tolerance", "datamodules.run_state"}
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    monkeypatch.chdir(tmp_path)
+    old = tmp_path / "old.yaml"
+    old.write_text("trainer:\n  callbacks:\n    - class_path: callbacks.fault_tolerance.PeriodicCheckpoint\n"
+                   "      init_args: {every_n_train_steps: 7}\n")
+    cli = train.main(["--config", str(REPO / "tests" / "configs" / "tiny.yaml"), "--config", str(old),
+                      "--data.init_args.data_dir", str(tmp_path), "--trainer.logger", "false"], run=False)
+    periodic = [cb for cb in cli.trainer.callbacks if isinstance(cb, PeriodicCheckpoint)]
+    assert len(periodic) == 1 and periodic[0]._every_n_train_steps == 7
