@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightning_modules import Classifier, CoTeaching  # noqa: E402
-from lightning_modules import selection as sel  # noqa: E402
+from lightning_modules import coteaching_selection as sel  # noqa: E402
 from lightning_modules.backbones import CNN  # noqa: E402
 
 

@@ -3,7 +3,7 @@
 Han et al., "Co-teaching: Robust Training of Deep Neural Networks with Extremely Noisy
 Labels", NeurIPS 2018 (official code: https://github.com/bhanML/Co-teaching), with the
 optional co-teaching+ rule of Yu et al., ICML 2019 (https://github.com/xingruiyu/coteaching_plus).
-The pure pieces (selection, schedules, forget-rate estimate) live in ``selection.py``.
+The pure pieces (selection, schedules, forget-rate estimate) live in ``coteaching_selection.py``.
 
 Manual optimisation as in Lightning's GAN example: two Adam optimisers, one step each per
 batch. The optimiser schedule is a function of the epoch (set at every epoch start), so the
@@ -23,7 +23,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from . import backbones as bb
-from . import selection as sel
+from . import coteaching_selection as sel
 from pytorch_lightning.cli import OptimizerCallable
 
 from .classifier import check_backbone
@@ -49,7 +49,7 @@ class CoTeaching(EvaluationMixin, pl.LightningModule):
         forget_rate: final fraction R of each batch that a network discards. ``None``: the
             datamodule's ``noise_rate`` (its realised rate for human noise); ``"auto"``: estimated
             from network 1's per-sample losses after ``auto_warmup_epochs`` epochs of plain
-            training (2-component Gaussian mixture, ``selection.estimate_forget_rate``).
+            training (2-component Gaussian mixture, ``coteaching_selection.estimate_forget_rate``).
         num_gradual: epochs over which R(t) ramps up (T_k in the paper).
         exponent: c in R(t) = forget_rate * min((t / num_gradual) ** c, 1).
         mode: ``coteaching`` or ``coteaching_plus`` (select only among samples on which the two
