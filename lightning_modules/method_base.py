@@ -119,6 +119,8 @@ class MethodBase(pl.LightningModule):
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         for net in self.networks().values():
             init_encoder(net, self.option("init_from"), self.option("freeze_backbone"), self.option("backbone_lr"))
+            # now, not only in ``train()``: Lightning does not call ``train()`` when fitting starts
+            self.train_network(net, self.training)
 
     # ------------------------------------------------------------- set-up
     def datamodule_or_none(self):
