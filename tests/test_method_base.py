@@ -167,3 +167,25 @@ def test_shared_options_fail_early_naming_the_value():
     with pytest.raises(ValueError, match="outputs 7 logits but the data has 10 classes"):
         check_backbone(CNN(n_outputs=7, width=0.125), 10, (3, 32, 32))
     check_backbone(CNN(n_outputs=7, width=0.125), None, (3, 32, 32))  # SimCLR: the images only
+
+
+def test_mwnet_virtual_step_uses_each_parameters_group_lr():
+    """With param groups (backbone_lr, norm_lr_scale) the virtual step takes each parameter's own lr:
+    the same lr for all reproduces the one-lr step exactly; the groups' lrs give another meta loss."""
+    from lightning_modules.meta_weight_net import WeightingNet, parameter_lrs, virtual_meta_loss
+
+    model = make("MetaWeightNet", backbone_lr=0.01, optimizer=sgd(0.5))
+    (opt,), _ = model.build_optimizers()
+    lrs = parameter_lrs(opt, model.backbone)
+    assert {k for k, v in lrs.items() if v == 0.01} == {f"features.{k}" for k, _ in model.backbone.features.named_parameters()}
+    assert {k for k, v in lrs.items() if v == 0.5} == {f"head.{k}" for k, _ in model.backbone.head.named_parameters()}
+    g = torch.Generator().manual_seed(0)
+    x, xm = torch.randn(8, 3, 32, 32, generator=g), torch.randn(4, 3, 32, 32, generator=g)
+    y, ym = torch.randint(0, 10, (8,), generator=g), torch.randint(0, 10, (4,), generator=g)
+
+    def meta(lr):
+        torch.manual_seed(1)
+        return virtual_meta_loss(model.backbone, WeightingNet(4), x, y, xm, ym, lr, model.per_sample_loss)
+
+    assert torch.equal(meta(0.5), meta({k: 0.5 for k in lrs}))
+    assert not torch.allclose(meta(0.5), meta(lrs))
