@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_modules import Classifier, CoTeaching  # noqa: E402
-from lightning_modules import selection as sel  # noqa: E402
+from lightning_modules import coteaching_selection as sel  # noqa: E402
 from lightning_modules.backbones import CNN  # noqa: E402
 
 

@@ -311,15 +311,17 @@ def reinitialise(model: nn.Module) -> nn.Module:
 
 
 def output_size(model: nn.Module, image_shape: tuple[int, int, int]) -> int:
-    """Number of outputs of ``model`` for one image of ``image_shape`` (probed in eval mode)."""
-    was_training = model.training
+    """Number of outputs of ``model`` for one image of ``image_shape`` (probed in eval mode; every
+    sub-module gets its own mode back, so a frozen encoder kept in eval mode stays there)."""
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         p = next(model.parameters())
         with torch.no_grad():
             out = model(torch.zeros(2, *image_shape, device=p.device, dtype=p.dtype))
     finally:
-        model.train(was_training)
+        for m, mode in modes:
+            m.training = mode
     return int(out.shape[-1])
 
 

@@ -3,7 +3,7 @@
 Han et al., "Co-teaching: Robust Training of Deep Neural Networks with Extremely Noisy
 Labels", NeurIPS 2018 (official code: https://github.com/bhanML/Co-teaching), with the
 optional co-teaching+ rule of Yu et al., ICML 2019 (https://github.com/xingruiyu/coteaching_plus).
-The pure pieces (selection, schedules, forget-rate estimate) live in ``selection.py``.
+The pure pieces (selection, schedules, forget-rate estimate) live in ``coteaching_selection.py``.
 
 Manual optimisation as in Lightning's GAN example: two Adam optimisers, one step each per
 batch. The optimiser schedule is a function of the epoch (set at every epoch start), so the
@@ -16,30 +16,26 @@ import copy
 import math
 from typing import Literal, Union
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.cli import OptimizerCallable
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
+
+from datamodules import contracts as c
 
 from . import backbones as bb
-from . import selection as sel
-from pytorch_lightning.cli import OptimizerCallable
-
-from .classifier import check_backbone
-from .evaluation import EvaluationMixin
-from .optim_groups import scale_norm_groups, split_norm_groups
-from .pretrained import load_backbone_weights
-from .schedules import ScheduleName, build_scheduler, check_schedule
-from .tta import TTA, check_tta, tta_logits
+from . import coteaching_selection as sel
+from .method_base import NoisyLabelMethod
 from .sample_scores import score_training_set
+from .schedules import ScheduleName
+from .tta import TTA
 
 Mode = Literal["coteaching", "coteaching_plus"]
 EvalNetwork = Literal[1, 2, "mean"]
 CKPT_KEY = "coteaching"
 
 
-class CoTeaching(EvaluationMixin, pl.LightningModule):
+class CoTeaching(NoisyLabelMethod):
     """Co-teaching (and co-teaching+) with any backbone.
 
     Args:
@@ -49,7 +45,7 @@ class CoTeaching(EvaluationMixin, pl.LightningModule):
         forget_rate: final fraction R of each batch that a network discards. ``None``: the
             datamodule's ``noise_rate`` (its realised rate for human noise); ``"auto"``: estimated
             from network 1's per-sample losses after ``auto_warmup_epochs`` epochs of plain
-            training (2-component Gaussian mixture, ``selection.estimate_forget_rate``).
+            training (2-component Gaussian mixture, ``coteaching_selection.estimate_forget_rate``).
         num_gradual: epochs over which R(t) ramps up (T_k in the paper).
         exponent: c in R(t) = forget_rate * min((t / num_gradual) ** c, 1).
         mode: ``coteaching`` or ``coteaching_plus`` (select only among samples on which the two
@@ -65,14 +61,14 @@ class CoTeaching(EvaluationMixin, pl.LightningModule):
         auto_warmup_epochs: epochs of plain training before ``forget_rate: auto`` is estimated.
         eval_network: which network validates, tests and predicts: 1, 2 or ``mean`` (mean of the
             two softmaxes). ``val/acc`` (the checkpoint monitor) is that network's accuracy.
-        init_from: checkpoint (SimCLR, Classifier, exported encoder) whose encoder initialises
-            both networks' ``features`` (``pretrained.load_backbone_weights``); heads stay new.
+        init_from, freeze_backbone: as in ``Classifier``, for both networks (both encoders start
+            from the pretrained one; the heads stay independent).
         optimizer: ``None`` (default): the reference Adam plan above (``lr``, ``epoch_decay_start``,
             ``beta1``...). An optimiser factory instead (e.g. SGD with ``init_args``): one optimiser per
             network with the per-step schedule below, the same recipe as ``Classifier``'s, so that a
             comparison with CE differs only in the sample selection.
-        lr_schedule, warmup_epochs, warmup_start_factor, final_lr_factor, norm_lr_scale: as in
-            ``Classifier``; used only with ``optimizer``.
+        lr_schedule, warmup_epochs, warmup_start_factor, final_lr_factor, norm_lr_scale, backbone_lr: as
+            in ``Classifier``; used only with ``optimizer``.
         label_smoothing: of the per-sample cross-entropy that ranks and trains (0: the paper's).
         tta: test-time augmentation at test and predict (``none``, ``flip``, ``flip_translate``).
     """
@@ -101,46 +97,33 @@ class CoTeaching(EvaluationMixin, pl.LightningModule):
         norm_lr_scale: float = 1.0,
         label_smoothing: float = 0.0,
         tta: TTA = "none",
+        freeze_backbone: bool = False,
+        backbone_lr: float | None = None,
     ):
         super().__init__()
         backbone = bb.from_spec(backbone)  # a module, or its spec from a checkpoint's hyper-parameters
         check_arguments(forget_rate, num_gradual, exponent, mode, init_epoch, lr, epoch_decay_start, beta1,
                         beta1_decayed, auto_warmup_epochs, eval_network)
-        check_schedule(lr_schedule, warmup_epochs, (), 0.1, warmup_start_factor, final_lr_factor)
-        if norm_lr_scale <= 0:
-            raise ValueError(f"norm_lr_scale must be > 0, got {norm_lr_scale}")
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-        check_tta(tta)
         self.save_hyperparameters(ignore=["backbone", "optimizer"])
-        if (backbone_spec := bb.spec(backbone)) is not None:  # load_from_checkpoint(path) rebuilds it
-            self.hparams["backbone"] = backbone_spec
-        self.optimizer_factory = optimizer
         self.automatic_optimization = False
-        self.net1, self.net2 = self.build_networks(backbone)
-        if init_from:  # both encoders start from the pretrained one; the heads stay independent (issue 4)
-            for net in (self.net1, self.net2):
-                load_backbone_weights(net, init_from)
+        self.net1, self.net2 = self.build_networks(self.keep_backbone_spec(backbone))
+        self.init_shared(optimizer)
         self.forget_rate: float | None = None if forget_rate in (None, "auto") else float(forget_rate)
         self._loss_record: torch.Tensor | None = None  # per-sample losses while estimating the rate
         self._selection: torch.Tensor | None = None  # [2, N]: network-picks offered, network-picks made
-        self.train_acc_noisy = MulticlassAccuracy(num_classes, average="micro")
-        self.train_acc_clean = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc_nets = nn.ModuleList([MulticlassAccuracy(num_classes, average="micro") for _ in range(2)])
-        self.test_acc_nets = nn.ModuleList([MulticlassAccuracy(num_classes, average="micro") for _ in range(2)])
-        self.init_eval_metrics(num_classes)
 
     @staticmethod
     def build_networks(backbone: nn.Module) -> tuple[nn.Module, nn.Module]:
         """Network 1 is ``backbone``; network 2 an independently initialised copy (override to extend)."""
         return backbone, bb.reinitialise(copy.deepcopy(backbone))
 
+    def networks(self) -> dict[str, nn.Module]:
+        return {"net1": self.net1, "net2": self.net2}
+
     # ---------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
-        dm = self.trainer.datamodule if self._trainer else None
-        image_shape = getattr(dm, "image_shape", (3, 32, 32))
-        for net in (self.net1, self.net2):
-            check_backbone(net, self.hparams.num_classes, image_shape)
+        super().setup(stage)
+        dm = self.datamodule_or_none()
         if stage == "fit":
             if self.optimizer_factory is None:
                 check_max_epochs(self.hparams.epoch_decay_start, self.trainer.max_epochs)
@@ -177,18 +160,19 @@ class CoTeaching(EvaluationMixin, pl.LightningModule):
             return self.net1(x)
         if which == 2:
             return self.net2(x)
-        return self.combine(self.net1(x), self.net2(x))
+        return self.combine([self.net1(x), self.net2(x)])
 
-    def combine(self, logits1: torch.Tensor, logits2: torch.Tensor) -> torch.Tensor:
+    def combine(self, per_network: list[torch.Tensor]) -> torch.Tensor:
         """The evaluated network's logits given both networks' (log-probabilities for ``mean``)."""
+        logits1, logits2 = per_network
         which = self.hparams.eval_network
         if which == "mean":
             return torch.stack([logits1.softmax(1), logits2.softmax(1)]).mean(0).log()
         return logits1 if which == 1 else logits2
 
-    def compute_updates(self, batch: dict, forget_rate: float) -> dict:
+    def compute_updates(self, batch: c.Batch, forget_rate: float) -> dict:
         """Both networks' forward pass, the cross selection and the losses each one minimises."""
-        x, y = batch["image"], batch["target"]
+        x, y = batch[c.IMAGE], batch[c.TARGET]
         logits1, logits2 = self.net1(x), self.net2(x)
         smoothing = self.hparams.get("label_smoothing", 0.0)
         loss1 = F.cross_entropy(logits1.float(), y, reduction="none", label_smoothing=smoothing)  # [B]
@@ -200,7 +184,7 @@ class CoTeaching(EvaluationMixin, pl.LightningModule):
         return {"logits1": logits1, "logits2": logits2, "loss1": loss1, "loss2": loss2,
                 "pick1": pick1, "pick2": pick2, "update1": update1, "update2": update2}
 
-    def training_step(self, batch: dict, batch_idx: int) -> dict:
+    def training_step(self, batch: c.Batch, batch_idx: int) -> c.TrainStepOutput:
         rate = self.current_forget_rate()
         out = self.compute_updates(batch, rate)
         opt1, opt2 = self.optimizers()
@@ -218,23 +202,21 @@ class CoTeaching(EvaluationMixin, pl.LightningModule):
             opt1.step()
         if picked1:
             opt2.step()
-        if self.optimizer_factory is not None:
-            for scheduler in self.lr_schedulers():
-                scheduler.step()
-        self._count_selection(batch["index"], out["pick1"], out["pick2"])
+        self.step_lr_schedules()
+        self._count_selection(batch[c.INDEX], out["pick1"], out["pick2"])
         loss1 = out["loss1"].detach()
         if self._loss_record is not None:
-            self._loss_record[batch["index"].to(self._loss_record.device)] = loss1.to(self._loss_record)
+            self._loss_record[batch[c.INDEX].to(self._loss_record.device)] = loss1.to(self._loss_record)
         self._log_train(batch, out, rate)
         return {"loss": loss1.mean(), "per_sample_loss": loss1, "logits": out["logits1"].detach()}
 
     def _count_selection(self, index: torch.Tensor, pick1: torch.Tensor, pick2: torch.Tensor) -> None:
         """Count how often each sample was in a network's small-loss pick (its clean score for detection)."""
         if self._selection is None:
-            targets = getattr(self.trainer.datamodule, "noisy_targets", None)  # one slot per sample index
-            if targets is None:
+            dm = self.trainer.datamodule
+            if not c.offers(dm, "noisy_targets"):  # one slot per sample index
                 return  # a datamodule without sample indices: no counts (detection_scores then refuses)
-            self._selection = torch.zeros(2, len(targets), device=self.device)
+            self._selection = torch.zeros(2, len(dm.noisy_targets), device=self.device)
         self._selection[0, index] += 2  # two networks each offered the sample a place in their pick
         self._selection[1, index[pick1]] += 1
         self._selection[1, index[pick2]] += 1
@@ -261,14 +243,10 @@ class CoTeaching(EvaluationMixin, pl.LightningModule):
             counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
         return [bool(c > 0) for c in counts.tolist()]
 
-    def _log_train(self, batch: dict, out: dict, rate: float) -> None:
-        n = len(batch["target"])
+    def _log_train(self, batch: c.Batch, out: dict, rate: float) -> None:
+        n = len(batch[c.TARGET])
         self.log("train/loss", out["loss1"].detach().mean(), on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
-        preds = out["logits1"].detach().argmax(1)  # network 1, whose loss is train/loss
-        self.train_acc_noisy(preds, batch["target"])
-        self.train_acc_clean(preds, batch["clean_target"])  # logging only: never used for training
-        self.log("train/acc_noisy", self.train_acc_noisy, on_step=False, on_epoch=True, batch_size=n)
-        self.log("train/acc_clean", self.train_acc_clean, on_step=False, on_epoch=True, batch_size=n)
+        self.log_train_accuracy(out["logits1"], batch)  # network 1, whose loss is train/loss
         self.log("train/forget_rate", rate, on_step=False, on_epoch=True, batch_size=n)
         for k in (1, 2):
             pick = out[f"pick{k}"]
@@ -276,36 +254,18 @@ class CoTeaching(EvaluationMixin, pl.LightningModule):
             self.log(f"train/num_selected_net{k}", float(pick.numel()), on_step=False, on_epoch=True, batch_size=n)
             if pick.numel():
                 # clean labels are used for this diagnostic only, never for training
-                clean = (batch["target"][pick] == batch["clean_target"][pick]).float().mean()
+                clean = (batch[c.TARGET][pick] == batch[c.CLEAN_TARGET][pick]).float().mean()
                 self.log(f"train/label_precision_net{k}", clean, on_step=False, on_epoch=True,
                          batch_size=pick.numel())
 
-    # ------------------------------------------------------------ evaluation
-    def eval_step(self, split: str, batch: dict) -> dict[str, torch.Tensor]:
-        """The evaluated network's metrics (one forward per network) plus each network's accuracy."""
-        tta = self.hparams.get("tta", "none") if split != "val" else "none"
-        logits1, logits2 = (tta_logits(net, batch["image"], tta) for net in (self.net1, self.net2))
-        logits = self.combine(logits1, logits2)
-        return self.log_two_networks(split, batch, logits1, logits2, logits)
-
     def configure_optimizers(self):
-        hp = self.hparams
+        """The reference Adam plan (one Adam per network, lr and beta1 set at each epoch start), or
+        with ``optimizer`` the shared per-step recipe, one optimiser per network."""
         if self.optimizer_factory is None:
+            hp = self.hparams
             return [torch.optim.Adam(net.parameters(), lr=hp.lr, betas=(hp.beta1, 0.999))
                     for net in (self.net1, self.net2)]
-        optimizers, schedulers = [], []
-        for net in (self.net1, self.net2):
-            groups = [{"params": [p for p in net.parameters() if p.requires_grad]}]
-            if hp.norm_lr_scale != 1.0:
-                groups = split_norm_groups(groups, net)
-            opt = self.optimizer_factory(groups)
-            scale_norm_groups(opt, hp.norm_lr_scale)
-            optimizers.append(opt)
-            schedulers.append(build_scheduler(
-                opt, int(self.trainer.estimated_stepping_batches), int(self.trainer.max_epochs or 1),
-                hp.lr_schedule, hp.warmup_epochs, (), 0.1, hp.warmup_start_factor, hp.final_lr_factor,
-            ))
-        return optimizers, schedulers
+        return super().configure_optimizers()
 
     # ------------------------------------------------------- forget_rate: auto
     def _auto_forget_rate_step(self, epoch: int) -> None:
@@ -318,16 +278,13 @@ class CoTeaching(EvaluationMixin, pl.LightningModule):
             self._loss_record = None
             self.print(f"co-teaching: estimated forget_rate {self.forget_rate:.4f}")
         elif epoch >= warmup - 1 and self._loss_record is None:
-            dm = self.trainer.datamodule
-            n = len(dm.noisy_targets) if getattr(dm, "noisy_targets", None) is not None else None
-            if n is None:
-                raise ValueError("forget_rate: auto needs a datamodule exposing noisy_targets (for sample indices)")
+            n = len(c.require(self.trainer.datamodule, "noisy_targets", "co-teaching's forget_rate: auto"))
             self._loss_record = torch.full((n,), float("nan"), device=self.device)
         if self.forget_rate is not None:
             self.log("train/forget_rate_estimate", self.forget_rate, on_step=False, on_epoch=True)
-            true_rate = getattr(self.trainer.datamodule, "actual_noise_rate", None)
-            if true_rate is not None:
-                self.log("train/actual_noise_rate", float(true_rate), on_step=False, on_epoch=True)
+            dm = self.trainer.datamodule
+            if c.offers(dm, "actual_noise_rate"):  # logging only
+                self.log("train/actual_noise_rate", float(dm.actual_noise_rate), on_step=False, on_epoch=True)
 
     def merged_loss_record(self) -> torch.Tensor:
         """The loss record of every process in one: under DDP each one records only the samples of
@@ -408,10 +365,10 @@ def check_max_epochs(epoch_decay_start: int, max_epochs: int | None) -> None:
 
 def forget_rate_from_data(dm) -> float:
     """The datamodule's nominal noise rate (its realised rate for human labels)."""
-    hp = getattr(dm, "hparams", {}) or {}
-    rate = hp.get("noise_rate") if hasattr(hp, "get") else None
-    if hp.get("noise_type") == "human" and getattr(dm, "actual_noise_rate", None) is not None:
-        rate = float(dm.actual_noise_rate)
+    hp = dm.hparams if dm is not None else {}
+    rate = hp.get("noise_rate")
+    if hp.get("noise_type") == "human":
+        rate = float(c.require(dm, "actual_noise_rate", "forget_rate: null with human labels"))
     if rate is None:
         raise ValueError("forget_rate is null but the datamodule has no noise_rate; set model.init_args.forget_rate")
     sel.check_forget_rate(rate)

@@ -23,6 +23,8 @@ How the reference's loop maps onto one Lightning loop (the departures, and why):
   trained network come from one no-grad train-mode forward over both views (the reference runs four
   forwards of 64); the other network guesses in eval mode, as in the reference.
 * Evaluation uses the mean of the two networks' logits (the reference sums them: same argmax).
+* ``optimizer`` (optional) replaces the reference SGD plan by the shared per-step recipe of every
+  method (``method_base``), e.g. the fast recipe of configs/fast/cifar10.yaml.
 """
 
 from __future__ import annotations
@@ -30,26 +32,26 @@ from __future__ import annotations
 import copy
 from typing import Sequence
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.cli import OptimizerCallable
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.functional.classification import binary_auroc
 
+from datamodules import contracts as c
 from datamodules.augment import TwoViews
 
 from . import backbones as bb
 from . import dividemix_math as dmm
 from . import sample_scores
-from .classifier import check_backbone
-from .evaluation import EvaluationMixin
-from .pretrained import load_backbone_weights
+from .method_base import NoisyLabelMethod
+from .schedules import ScheduleName
+from .tta import TTA
 
 CKPT_KEY = "dividemix"
 
 
-class DivideMix(EvaluationMixin, pl.LightningModule):
+class DivideMix(NoisyLabelMethod):
     """DivideMix with any backbone (the paper's: ``backbones.PreActResNet18``).
 
     Args:
@@ -70,12 +72,20 @@ class DivideMix(EvaluationMixin, pl.LightningModule):
             (reference: 1 under asymmetric noise, 0 otherwise).
         loss_history: the mixture is fitted to the mean of the last this many epochs' normalised
             losses (reference: 5 at 90% noise, else 1).
-        lr, momentum, weight_decay: SGD of each network (0.02, 0.9, 5e-4).
+        lr, momentum, weight_decay: SGD of each network (0.02, 0.9, 5e-4), without ``optimizer``.
         lr_milestones, lr_gamma: the lr is multiplied by ``lr_gamma`` at each milestone epoch
-            (reference: 0.1 at epoch 150 of 300).
+            (reference: 0.1 at epoch 150 of 300); with ``optimizer``, the ``multistep`` schedule's.
         gmm_seed: seed of the mixture's initialisation.
-        init_from: checkpoint whose encoder initialises both networks' ``features``.
+        init_from, freeze_backbone, backbone_lr: as in ``Classifier``, for both networks.
+        optimizer: ``None`` (default): the reference SGD plan above. An optimiser factory instead: one
+            optimiser per network with the per-step schedule below (``backbone_lr`` needs one).
+        lr_schedule, lr_warmup_epochs, warmup_start_factor, final_lr_factor, norm_lr_scale: as in
+            ``Classifier`` (``lr_warmup_epochs`` is its ``warmup_epochs``: here that name is the
+            cross-entropy warm-up); used only with ``optimizer``.
+        tta: test-time augmentation at test and predict, of each network.
     """
+
+    option_names = {"warmup_epochs": "lr_warmup_epochs", "milestones": "lr_milestones", "gamma": "lr_gamma"}
 
     def __init__(
         self,
@@ -97,28 +107,35 @@ class DivideMix(EvaluationMixin, pl.LightningModule):
         lr_gamma: float = 0.1,
         gmm_seed: int = 0,
         init_from: str | None = None,
+        optimizer: OptimizerCallable | None = None,
+        lr_schedule: ScheduleName = "constant",
+        lr_warmup_epochs: float = 0.0,
+        warmup_start_factor: float = 0.0,
+        final_lr_factor: float = 0.0,
+        norm_lr_scale: float = 1.0,
+        tta: TTA = "none",
+        freeze_backbone: bool = False,
+        backbone_lr: float | None = None,
     ):
         super().__init__()
+        backbone = bb.from_spec(backbone)  # a module, or its spec from a checkpoint's hyper-parameters
         check_arguments(warmup_epochs, p_threshold, temperature, alpha, lambda_u, rampup_length, prior_weight,
                         confidence_penalty, loss_history, lr, momentum, weight_decay, lr_milestones, lr_gamma)
-        self.save_hyperparameters(ignore=["backbone"])
+        self.save_hyperparameters(ignore=["backbone", "optimizer"])
         self.automatic_optimization = False
-        self.net1, self.net2 = backbone, bb.reinitialise(copy.deepcopy(backbone))
-        if init_from:
-            for net in (self.net1, self.net2):
-                load_backbone_weights(net, init_from)
+        self.net1, self.net2 = self.keep_backbone_spec(backbone), bb.reinitialise(copy.deepcopy(backbone))
+        self.init_shared(optimizer)
         self.clean_prob: torch.Tensor | None = None  # [2, N]: each network's clean probability per sample
         self.division_epoch: int | None = None  # the epoch whose start computed ``clean_prob``
         self.loss_history: list[list[torch.Tensor]] = [[], []]  # normalised losses of the last epochs
-        self.val_acc_nets = nn.ModuleList([MulticlassAccuracy(num_classes, average="micro") for _ in range(2)])
-        self.test_acc_nets = nn.ModuleList([MulticlassAccuracy(num_classes, average="micro") for _ in range(2)])
-        self.init_eval_metrics(num_classes)
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"net1": self.net1, "net2": self.net2}
 
     # ---------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
-        dm = self.trainer.datamodule if self._trainer else None
-        for net in (self.net1, self.net2):
-            check_backbone(net, self.hparams.num_classes, getattr(dm, "image_shape", (3, 32, 32)))
+        super().setup(stage)
+        dm = self.datamodule_or_none()
         if stage != "fit":
             return
         max_epochs = self.trainer.max_epochs
@@ -127,11 +144,9 @@ class DivideMix(EvaluationMixin, pl.LightningModule):
                 f"trainer.max_epochs {max_epochs} leaves no epoch after warmup_epochs {self.hparams.warmup_epochs}: "
                 f"DivideMix would only train with cross-entropy; raise max_epochs or lower warmup_epochs"
             )
-        if dm is None or not hasattr(dm, "train_eval_dataloader") or not hasattr(dm, "eval_transform"):
-            raise ValueError(f"DivideMix needs a datamodule with train_eval_dataloader() and eval_transform "
-                             f"(NoisyCIFAR10/100, NoisyImageFolder), got {type(dm).__name__}")
-        transform = getattr(dm, "train_transform", None)
-        if transform is not None and not isinstance(transform, TwoViews):
+        for name in ("train_eval_dataloader", "eval_transform", "train_indices"):
+            c.require(dm, name, "DivideMix's co-divide")
+        if c.offers(dm, "train_transform") and not isinstance(dm.train_transform, TwoViews):
             raise ValueError(
                 "DivideMix needs two augmented views per training image: set data.init_args.augmentation: "
                 "crop_flip_twice"
@@ -139,11 +154,12 @@ class DivideMix(EvaluationMixin, pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         epoch, hp = self.current_epoch, self.hparams
-        lr = hp.lr * hp.lr_gamma ** sum(epoch >= m for m in hp.lr_milestones)
-        for opt in self.optimizers():
-            for group in opt.param_groups:
-                group["lr"] = lr
-        self.log("train/lr", lr, on_step=False, on_epoch=True)
+        if self.optimizer_factory is None:  # the reference plan; with an optimizer: per-step schedule
+            lr = hp.lr * hp.lr_gamma ** sum(epoch >= m for m in hp.lr_milestones)
+            for opt in self.optimizers():
+                for group in opt.param_groups:
+                    group["lr"] = lr
+            self.log("train/lr", lr, on_step=False, on_epoch=True)
         # a run resumed mid-epoch keeps the checkpoint's division (Lightning 2.6 does not even call this
         # hook then; the optimisers' saved lr holds too)
         if epoch >= hp.warmup_epochs and self.division_epoch != epoch:
@@ -171,7 +187,7 @@ class DivideMix(EvaluationMixin, pl.LightningModule):
         modes = self.net1.training, self.net2.training
         self.net1.eval(), self.net2.eval()
         scored = sample_scores.score_training_set(self, score_batch)
-        self.net1.train(modes[0]), self.net2.train(modes[1])
+        self.train_network(self.net1, modes[0]), self.train_network(self.net2, modes[1])
         return scored["loss"], scored["pred"].long()
 
     def detection_scores(self) -> dict[str, torch.Tensor]:
@@ -209,10 +225,9 @@ class DivideMix(EvaluationMixin, pl.LightningModule):
             prob = self.clean_prob[k, train_index]
             labelled = prob > self.hparams.p_threshold
             self.log(f"train/labelled_fraction_net{k + 1}", labelled.float().mean(), on_step=False, on_epoch=True)
-            clean = getattr(dm, "clean_targets", None)
-            if clean is None:
+            if not c.offers(dm, "clean_targets"):  # logging only
                 continue
-            truly_clean = (dm.noisy_targets == clean).to(self.device)[train_index]
+            truly_clean = (dm.noisy_targets == dm.clean_targets).to(self.device)[train_index]
             if labelled.any():
                 self.log(f"train/division_precision_net{k + 1}", truly_clean[labelled].float().mean(),
                          on_step=False, on_epoch=True)
@@ -223,9 +238,9 @@ class DivideMix(EvaluationMixin, pl.LightningModule):
     # -------------------------------------------------------------- training
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Mean of the two networks' logits."""
-        return (self.net1(x) + self.net2(x)) / 2
+        return self.combine([self.net1(x), self.net2(x)])
 
-    def training_step(self, batch: dict, batch_idx: int) -> dict:
+    def training_step(self, batch: c.Batch, batch_idx: int) -> c.TrainStepOutput:
         if self.current_epoch < self.hparams.warmup_epochs:
             out = self.warmup_losses(batch)
         else:
@@ -235,20 +250,21 @@ class DivideMix(EvaluationMixin, pl.LightningModule):
             out1 = self.mixmatch_losses(self.net1, self.net2, batch, self.clean_prob[1], ramp)
             out2 = self.mixmatch_losses(self.net2, self.net1, batch, self.clean_prob[0], ramp)
             out = {"loss1": out1["loss"], "loss2": out2["loss"], "logits": out1["logits"], "parts": (out1, out2)}
-            self.log("train/lambda_u", ramp, on_step=False, on_epoch=True, batch_size=len(batch["target"]))
+            self.log("train/lambda_u", ramp, on_step=False, on_epoch=True, batch_size=len(batch[c.TARGET]))
         opt1, opt2 = self.optimizers()
         opt1.zero_grad()
         opt2.zero_grad()
         self.manual_backward(out["loss1"] + out["loss2"])  # one backward over both graphs (DDP)
         opt1.step()
         opt2.step()
-        self.net1.train(), self.net2.train()
+        self.step_lr_schedules()
+        self.train_network(self.net1), self.train_network(self.net2)
         return self._log_train(batch, out)
 
-    def warmup_losses(self, batch: dict) -> dict:
+    def warmup_losses(self, batch: c.Batch) -> dict:
         """Cross-entropy of each network on the noisy labels, plus the confidence penalty if asked."""
-        x, y = batch["image"], batch["target"]
-        self.net1.train(), self.net2.train()
+        x, y = batch[c.IMAGE], batch[c.TARGET]
+        self.train_network(self.net1), self.train_network(self.net2)
         out = {}
         for k, net in ((1, self.net1), (2, self.net2)):
             logits = net(x)
@@ -260,19 +276,19 @@ class DivideMix(EvaluationMixin, pl.LightningModule):
                 out["logits"] = logits.detach()
         return out
 
-    def mixmatch_losses(self, net: nn.Module, other: nn.Module, batch: dict, clean_prob: torch.Tensor,
+    def mixmatch_losses(self, net: nn.Module, other: nn.Module, batch: c.Batch, clean_prob: torch.Tensor,
                         ramp: float) -> dict:
         """``net``'s MixMatch loss on ``batch`` split by ``clean_prob`` (the other network's division)."""
         hp = self.hparams
-        if "image2" not in batch:
+        if c.IMAGE2 not in batch:
             raise ValueError("DivideMix needs two augmented views per image (batch key 'image2'): "
                              "set data.init_args.augmentation: crop_flip_twice")
-        x1, x2, y = batch["image"], batch["image2"], batch["target"]
-        w = clean_prob[batch["index"]]
+        x1, x2, y = batch[c.IMAGE], batch[c.IMAGE2], batch[c.TARGET]
+        w = clean_prob[batch[c.INDEX]]
         lab = w > hp.p_threshold
         unl = ~lab
         with torch.no_grad():
-            net.train()
+            self.train_network(net)
             other.eval()  # the other network guesses in eval mode (reference: ``net2.eval()``)
             both = torch.cat([x1, x2])
             own_logits = net(both).float()
@@ -293,10 +309,11 @@ class DivideMix(EvaluationMixin, pl.LightningModule):
         return {"loss": loss, "loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "penalty": penalty.detach(),
                 "labelled": lab, "logits": own_logits[: len(y)].detach()}
 
-    def _log_train(self, batch: dict, out: dict) -> dict:
-        n = len(batch["target"])
+    def _log_train(self, batch: c.Batch, out: dict) -> c.TrainStepOutput:
+        n = len(batch[c.TARGET])
         loss1 = out["loss1"].detach()
         self.log("train/loss", loss1, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log_train_accuracy(out["logits"], batch)  # network 1, whose loss is train/loss
         self.log("train/loss_net2", out["loss2"].detach(), on_step=False, on_epoch=True, batch_size=n)
         for k, part in enumerate(out.get("parts", ()), start=1):
             for name in ("loss_x", "loss_u", "penalty"):
@@ -304,24 +321,26 @@ class DivideMix(EvaluationMixin, pl.LightningModule):
             lab = part["labelled"]
             self.log(f"train/num_labelled_net{k}", lab.float().sum(), on_step=False, on_epoch=True, batch_size=n)
             if lab.any():  # clean labels for this diagnostic only, never for training
-                precision = (batch["target"][lab] == batch["clean_target"][lab]).float().mean()
+                precision = (batch[c.TARGET][lab] == batch[c.CLEAN_TARGET][lab]).float().mean()
                 self.log(f"train/label_precision_net{k}", precision, on_step=False, on_epoch=True,
                          batch_size=int(lab.sum()))
         # per-sample values for callbacks (LabelNoiseDiagnostics), from network 1's forward of this batch
-        per_sample = F.cross_entropy(out["logits"].float(), batch["target"], reduction="none")
+        per_sample = F.cross_entropy(out["logits"].float(), batch[c.TARGET], reduction="none")
         return {"loss": loss1, "per_sample_loss": per_sample, "logits": out["logits"]}
 
     # ------------------------------------------------------------ evaluation
-    def eval_step(self, split: str, batch: dict) -> dict[str, torch.Tensor]:
-        """The mean network's metrics (one forward per network) plus each network's accuracy."""
-        logits1, logits2 = self.net1(batch["image"]), self.net2(batch["image"])
-        logits = (logits1 + logits2) / 2
-        return self.log_two_networks(split, batch, logits1, logits2, logits)
+    def combine(self, per_network: list[torch.Tensor]) -> torch.Tensor:
+        """The mean of the two networks' logits."""
+        return (per_network[0] + per_network[1]) / 2
 
     def configure_optimizers(self):
-        hp = self.hparams
-        return [torch.optim.SGD(net.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-                for net in (self.net1, self.net2)]
+        """The reference SGD per network (lr set at each epoch start), or with ``optimizer`` the
+        shared per-step recipe, one optimiser per network."""
+        if self.optimizer_factory is None:
+            hp = self.hparams
+            return [torch.optim.SGD(net.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+                    for net in (self.net1, self.net2)]
+        return super().configure_optimizers()
 
     # ----------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:

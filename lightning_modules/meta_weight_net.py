@@ -26,23 +26,22 @@ the virtual and the real step so both optimise the same objective.
 
 from __future__ import annotations
 
-from typing import Callable, Literal, Sequence
+from typing import Callable, Literal, Mapping, Sequence
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.cli import OptimizerCallable
 from torch import nn
 from torch.func import functional_call
-from torchmetrics.classification import MulticlassAccuracy
+
+from datamodules import contracts as c
 
 from . import backbones as bb
-from .classifier import check_backbone
-from .evaluation import EvaluationMixin
 from .losses import check_loss, classification_loss, generalized_cross_entropy
-from .pretrained import load_backbone_weights
+from .method_base import NoisyLabelMethod
 from .sample_scores import score_training_set
-from .schedules import ScheduleName, build_scheduler, check_schedule
+from .schedules import ScheduleName
+from .tta import TTA
 
 WeightNorm = Literal["sum", "batch", "none"]
 WEIGHT_NORMS = ("sum", "batch", "none")
@@ -90,7 +89,7 @@ def virtual_meta_loss(
     y: torch.Tensor,
     x_meta: torch.Tensor,
     y_meta: torch.Tensor,
-    lr: float,
+    lr: float | Mapping[str, float],
     per_sample_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     weight_norm: WeightNorm = "sum",
     meta_loss: str = "ce",
@@ -100,7 +99,8 @@ def virtual_meta_loss(
     ``model`` is left untouched: its parameters enter as detached leaves (no
     gradient reaches the real classifier) and its buffers as clones (batch-norm
     running statistics are not updated). Back-propagating the result fills only
-    the gradients of ``weighting_net``.
+    the gradients of ``weighting_net``. ``lr``: one learning rate, or one per parameter name (the
+    optimiser's param groups: ``backbone_lr``, ``norm_lr_scale``), so the virtual step is the real one's.
     """
     params = {k: p.detach().requires_grad_(p.requires_grad) for k, p in model.named_parameters()}
     buffers = {k: b.clone() for k, b in model.named_buffers()}
@@ -111,11 +111,17 @@ def virtual_meta_loss(
     grads = torch.autograd.grad(inner, [params[k] for k in trainable], create_graph=True)
     virtual = dict(params)
     for k, g in zip(trainable, grads):
-        virtual[k] = params[k] - lr * g
+        virtual[k] = params[k] - (lr[k] if isinstance(lr, Mapping) else lr) * g
     return meta_loss_fn(functional_call(model, (virtual, buffers), (x_meta,)), y_meta, meta_loss)
 
 
-class MetaWeightNet(EvaluationMixin, pl.LightningModule):
+def parameter_lrs(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, float]:
+    """The current learning rate of each of ``model``'s parameters in ``optimizer``, by name."""
+    lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    return {name: lr_of[id(p)] for name, p in model.named_parameters() if id(p) in lr_of}
+
+
+class MetaWeightNet(NoisyLabelMethod):
     """Classifier trained with Meta-Weight-Net sample weights (manual optimisation).
 
     Needs a datamodule with ``meta_size > 0``: training batches are
@@ -131,10 +137,10 @@ class MetaWeightNet(EvaluationMixin, pl.LightningModule):
         hidden: hidden width of the weighting net (paper: 100).
         optimizer: classifier optimiser factory (paper: SGD lr 0.1, momentum 0.9, wd 5e-4).
         meta_optimizer: weighting-net optimiser factory; None: Adam lr 1e-3, wd 1e-4 (official code).
-        lr_schedule, warmup_epochs, milestones, gamma: classifier schedule (see ``schedules``);
-            the virtual step uses the classifier's current learning rate, as in the official code.
-        init_from: a SimCLR (or other) checkpoint whose backbone weights initialise the classifier,
-            loaded by ``lightning_modules.pretrained.load_backbone_weights``.
+        lr_schedule, warmup_epochs, milestones, gamma, warmup_start_factor, final_lr_factor: classifier
+            schedule (see ``schedules``); the virtual step uses each parameter's current learning rate
+            in the classifier's optimiser, as the official code uses the classifier's current lr.
+        norm_lr_scale, tta, init_from, freeze_backbone, backbone_lr: as in ``Classifier``.
     """
 
     #: read by ``performance.Performance`` (verified: "torch.compile with aot_autograd does not currently
@@ -160,6 +166,12 @@ class MetaWeightNet(EvaluationMixin, pl.LightningModule):
         milestones: Sequence[int] = (),
         gamma: float = 0.1,
         init_from: str | None = None,
+        warmup_start_factor: float = 0.0,
+        final_lr_factor: float = 0.0,
+        norm_lr_scale: float = 1.0,
+        tta: TTA = "none",
+        freeze_backbone: bool = False,
+        backbone_lr: float | None = None,
     ):
         super().__init__()
         backbone = bb.from_spec(backbone)  # a module, or its spec from a checkpoint's hyper-parameters
@@ -168,24 +180,17 @@ class MetaWeightNet(EvaluationMixin, pl.LightningModule):
             raise ValueError(f"unknown meta_loss {meta_loss!r}; allowed: {', '.join(META_LOSSES)}")
         if weight_norm not in WEIGHT_NORMS:
             raise ValueError(f"unknown weight_norm {weight_norm!r}; allowed: {', '.join(WEIGHT_NORMS)}")
-        check_schedule(lr_schedule, warmup_epochs, milestones, gamma)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "meta_optimizer"])
-        if (backbone_spec := bb.spec(backbone)) is not None:  # load_from_checkpoint(path) rebuilds it
-            self.hparams["backbone"] = backbone_spec
         self.automatic_optimization = False
-        self.backbone = backbone
-        if init_from:
-            load_backbone_weights(self.backbone, init_from)
+        self.backbone = self.keep_backbone_spec(backbone)
+        self.init_shared(optimizer)
         self.weighting_net = WeightingNet(hidden)
-        self.optimizer_factory, self.meta_optimizer_factory = optimizer, meta_optimizer
-        self.train_acc_noisy = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.train_acc_clean = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.init_eval_metrics(num_classes)
+        self.meta_optimizer_factory = meta_optimizer
 
     def setup(self, stage: str) -> None:
-        dm = self.trainer.datamodule if self._trainer else None
-        check_backbone(self.backbone, self.hparams.num_classes, getattr(dm, "image_shape", (3, 32, 32)))
-        if stage == "fit" and dm is not None and not getattr(dm.hparams, "meta_size", 0):
+        super().setup(stage)
+        dm = self.datamodule_or_none()
+        if stage == "fit" and dm is not None and not dm.hparams.get("meta_size", 0):
             raise ValueError("MetaWeightNet needs a clean meta set: set the datamodule's meta_size > 0 (per class)")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -194,19 +199,19 @@ class MetaWeightNet(EvaluationMixin, pl.LightningModule):
     def per_sample_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return classification_loss(logits, targets, self.hparams.loss, self.hparams.gce_q, reduction="none")
 
-    def training_step(self, batch: dict, batch_idx: int) -> dict:
-        if "meta" not in batch:
+    def training_step(self, batch: c.MetaBatch, batch_idx: int) -> c.TrainStepOutput:
+        if c.META not in batch:
             raise ValueError(
                 "MetaWeightNet expects {'train': batch, 'meta': batch}; set the datamodule's meta_size > 0"
             )
-        train, meta = batch["train"], batch["meta"]
+        train, meta = batch[c.TRAIN], batch[c.META]
         opt, meta_opt = self.optimizers()
         hp = self.hparams
 
         # 1-2: virtual step, meta loss, update of the weighting net.
-        lr = opt.param_groups[0]["lr"]
+        lr = parameter_lrs(opt, self.backbone)  # the current lr of each parameter's group
         meta_loss = virtual_meta_loss(
-            self.backbone, self.weighting_net, train["image"], train["target"], meta["image"], meta["target"],
+            self.backbone, self.weighting_net, train[c.IMAGE], train[c.TARGET], meta[c.IMAGE], meta[c.TARGET],
             lr, self.per_sample_loss, hp.weight_norm, hp.meta_loss,
         )
         meta_opt.zero_grad()
@@ -214,32 +219,26 @@ class MetaWeightNet(EvaluationMixin, pl.LightningModule):
         meta_opt.step()
 
         # 3: real step with the updated weights.
-        logits = self(train["image"])
-        losses = self.per_sample_loss(logits, train["target"])
+        logits = self(train[c.IMAGE])
+        losses = self.per_sample_loss(logits, train[c.TARGET])
         with torch.no_grad():
             weights = self.weighting_net(losses.detach())
         loss = weighted_loss(losses, weights, hp.weight_norm)
         opt.zero_grad()
         self.manual_backward(loss)
         opt.step()
-        sched = self.lr_schedulers()
-        if sched is not None:
-            sched.step()
+        self.step_lr_schedules()
 
         self._log_train(logits, losses, weights, loss, meta_loss, train)
         return {"loss": loss.detach(), "per_sample_loss": losses.detach(), "logits": logits.detach(),
                 "weights": weights.detach()}
 
-    def _log_train(self, logits, losses, weights, loss, meta_loss, train: dict) -> None:
+    def _log_train(self, logits, losses, weights, loss, meta_loss, train: c.Batch) -> None:
         n = len(losses)
-        preds = logits.argmax(1)
-        self.train_acc_noisy(preds, train["target"])
-        self.train_acc_clean(preds, train["clean_target"])  # logging only: never used for training
-        flipped = train["target"] != train["clean_target"]  # logging only
+        flipped = train[c.TARGET] != train[c.CLEAN_TARGET]  # logging only
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
         self.log("train/meta_loss", meta_loss, on_step=False, on_epoch=True, batch_size=n)
-        self.log("train/acc_noisy", self.train_acc_noisy, on_step=False, on_epoch=True, batch_size=n)
-        self.log("train/acc_clean", self.train_acc_clean, on_step=False, on_epoch=True, batch_size=n)
+        self.log_train_accuracy(logits, train)
         self.log("train/weight_mean", weights.mean(), on_step=False, on_epoch=True, batch_size=n)
         if flipped.any() and (~flipped).any():
             self.log("train/weight_flipped", weights[flipped].mean(), on_step=False, on_epoch=True, batch_size=n)
@@ -262,19 +261,15 @@ class MetaWeightNet(EvaluationMixin, pl.LightningModule):
         return {"index": index.cpu(), "score": scored["score"].cpu()[index],
                 "suggested": scored["pred"].cpu()[index].long()}
 
+    def optimiser_plan(self) -> list[tuple[list[nn.Parameter], nn.Module]]:
+        """The classifier's optimiser; the weighting net has its own (``configure_optimizers``)."""
+        return [([p for p in self.backbone.parameters() if p.requires_grad], self.backbone)]
+
     def configure_optimizers(self):
-        hp = self.hparams
-        optimizer = self.optimizer_factory(self.backbone.parameters())
+        (optimizer,), schedules = self.build_optimizers()
         vparams = self.weighting_net.parameters()
         if self.meta_optimizer_factory is None:
             meta_optimizer = torch.optim.Adam(vparams, lr=1e-3, weight_decay=1e-4)
         else:
             meta_optimizer = self.meta_optimizer_factory(vparams)
-        if hp.lr_schedule == "constant" and hp.warmup_epochs == 0:
-            return [optimizer, meta_optimizer]
-        scheduler = build_scheduler(
-            optimizer, int(self.trainer.estimated_stepping_batches), int(self.trainer.max_epochs or 1),
-            hp.lr_schedule, hp.warmup_epochs, hp.milestones, hp.gamma,
-        )
-        return [optimizer, meta_optimizer], [scheduler]
-
+        return [optimizer, meta_optimizer], schedules

@@ -23,9 +23,9 @@ MetaWeightNet... stay free of it and a YAML switches it on for all of them::
   device. A module with a ``compile_refusal`` (Meta-Weight-Net: double
   backward) is refused with that reason before training.
 
-The backbones are the module's direct children that are
-``backbones.Backbone`` instances (``backbone``, ``net1``/``net2``, ...), or the
-children named in ``modules``.
+The backbones are the module's ``networks()`` (a ``method_base.MethodBase``:
+``backbone``, or ``net1``/``net2``), else its direct children that are
+``backbones.Backbone`` instances, or the children named in ``modules``.
 """
 
 from __future__ import annotations
@@ -37,16 +37,20 @@ import torch
 from torch import nn
 
 from .backbones import Backbone
+from .method_base import MethodBase
 
 
 def find_backbones(pl_module: nn.Module, names: Sequence[str] | None = None) -> dict[str, nn.Module]:
-    """The modules the knobs apply to: ``names`` (attributes of ``pl_module``) or every child ``Backbone``."""
+    """The modules the knobs apply to: ``names`` (attributes of ``pl_module``), else a method's
+    ``networks()``, else every child ``Backbone``."""
     if names:
         missing = [n for n in names if not isinstance(getattr(pl_module, n, None), nn.Module)]
         if missing:
             children = [n for n, _ in pl_module.named_children()]
             raise ValueError(f"{type(pl_module).__name__} has no sub-module {missing}; its children: {children}")
         return {n: getattr(pl_module, n) for n in names}
+    if isinstance(pl_module, MethodBase):
+        return pl_module.networks()
     found = {n: m for n, m in pl_module.named_children() if isinstance(m, Backbone)}
     if not found:
         children = [n for n, _ in pl_module.named_children()]
@@ -123,7 +127,7 @@ class Performance(pl.Callback):
         """Compile once the module sits on its device, right before the first real batch.
 
         Not in ``setup``: the module's own ``setup`` runs after the callbacks' and probes each
-        backbone with a forward pass on the CPU (``classifier.check_backbone``); a backbone compiled
+        backbone with a forward pass on the CPU (``method_base.check_backbone``); a backbone compiled
         by then is compiled once more, for that probe, on every process.
         """
         if not self.compile or self.compiled:

@@ -120,13 +120,14 @@ def init_encoder(
         backbone.features.requires_grad_(False)
 
 
-def param_groups(module: nn.Module, backbone: nn.Module, backbone_lr: float | None) -> list[dict]:
-    """Trainable parameters of ``module``; the encoder in its own group at ``backbone_lr`` when given."""
+def param_groups(params: list[nn.Parameter], backbone: nn.Module, backbone_lr: float | None) -> list[dict]:
+    """``params`` as optimiser groups; those of ``backbone``'s encoder in their own group at ``backbone_lr``
+    when given (first, as the fine-tuning recipes list them)."""
     if backbone_lr is None:
-        return [{"params": [p for p in module.parameters() if p.requires_grad]}]
+        return [{"params": list(params)}]
     encoder = {id(p) for p in backbone.features.parameters()}
-    rest = [p for p in module.parameters() if p.requires_grad and id(p) not in encoder]
-    enc = [p for p in backbone.features.parameters() if p.requires_grad]
+    enc = [p for p in params if id(p) in encoder]
+    rest = [p for p in params if id(p) not in encoder]
     return [{"params": enc, "lr": backbone_lr}, {"params": rest}]
 
 

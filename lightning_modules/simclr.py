@@ -12,25 +12,20 @@ Batches come from a datamodule with ``augmentation: simclr`` (two batched views
 
 from __future__ import annotations
 
-import pytorch_lightning as pl
 import torch
 from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
+from datamodules import contracts as c
+
 from . import backbones as bb
-from .schedules import (
-    ScheduleName,
-    SchedulerInterval,
-    build_scheduler,
-    check_schedule,
-    check_scheduler_choice,
-    injected_scheduler,
-)
+from .method_base import MethodBase
+from .schedules import ScheduleName, SchedulerInterval
 
 
-class SimCLR(pl.LightningModule):
+class SimCLR(MethodBase):
     """Two views -> encoder -> projection head -> NT-Xent.
 
     Args:
@@ -46,6 +41,9 @@ class SimCLR(pl.LightningModule):
         lr_schedule, warmup_epochs: linear warm-up then ``cosine`` decay to 0 (per step).
         lr_scheduler, lr_scheduler_interval, lr_scheduler_monitor: any ``torch.optim.lr_scheduler`` by
             ``class_path`` instead of a named schedule (then set ``lr_schedule: constant``), as in ``Classifier``.
+        warmup_start_factor, final_lr_factor, norm_lr_scale: as in ``Classifier``.
+        init_from, backbone_lr, freeze_backbone: as in ``Classifier`` (continue from a pretrained
+            encoder; train it slower than the projection head; or train the projection head alone).
     """
 
     def __init__(
@@ -62,6 +60,12 @@ class SimCLR(pl.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: SchedulerInterval = "epoch",
         lr_scheduler_monitor: str = "train/loss",
+        warmup_start_factor: float = 0.0,
+        final_lr_factor: float = 0.0,
+        norm_lr_scale: float = 1.0,
+        init_from: str | None = None,
+        freeze_backbone: bool = False,
+        backbone_lr: float | None = None,
     ):
         super().__init__()
         backbone = bb.from_spec(backbone) if backbone is not None else bb.ResNet(18, n_outputs=num_classes)
@@ -77,12 +81,8 @@ class SimCLR(pl.LightningModule):
             raise ValueError(
                 f"projection sizes must be >= 1, got hidden {projection_hidden_dim}, output {projection_dim}"
             )
-        check_schedule(lr_schedule, warmup_epochs, (), 0.1)
-        check_scheduler_choice(lr_scheduler, lr_schedule, warmup_epochs, lr_scheduler_interval)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "lr_scheduler"])
-        if (backbone_spec := bb.spec(backbone)) is not None:  # load_from_checkpoint(path) rebuilds it
-            self.hparams["backbone"] = backbone_spec
-        self.backbone = backbone
+        self.backbone = self.keep_backbone_spec(backbone)
         # the classification head is kept (same checkpoint keys as a Classifier) but never used:
         # frozen, so DDP does not wait for its gradients and the optimiser leaves it alone
         if hasattr(backbone, "head"):
@@ -90,7 +90,7 @@ class SimCLR(pl.LightningModule):
         dim = int(backbone.feature_dim)
         self.projection_head = SimCLRProjectionHead(dim, projection_hidden_dim or dim, projection_dim)
         self.criterion = NTXentLoss(temperature=temperature, gather_distributed=gather_distributed)
-        self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
+        self.init_shared(optimizer, lr_scheduler)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Encoder output h (what fine-tuning and the kNN monitor use)."""
@@ -100,29 +100,20 @@ class SimCLR(pl.LightningModule):
         """Projection z = g(h) (what the contrastive loss sees)."""
         return self.projection_head(self.forward_features(x))
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        if "view1" not in batch or "view2" not in batch:
+    def training_step(self, batch: c.ViewsBatch, batch_idx: int) -> torch.Tensor:
+        if c.VIEW1 not in batch or c.VIEW2 not in batch:
             raise KeyError(
                 "SimCLR needs two augmented views in the batch (keys view1, view2): "
                 "set the datamodule's augmentation to 'simclr'"
             )
-        n = len(batch["view1"])
+        n = len(batch[c.VIEW1])
         # one encoder pass over both views (BN statistics over 2N images, as in the paper)
-        z = self(torch.cat([batch["view1"], batch["view2"]]))
+        z = self(torch.cat([batch[c.VIEW1], batch[c.VIEW2]]))
         loss = self.criterion(z[:n], z[n:])
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
         return loss
 
-    def configure_optimizers(self):
-        hp = self.hparams
-        optimizer = self.optimizer_factory(self.parameters())
-        if self.lr_scheduler_factory is not None:
-            return {"optimizer": optimizer, "lr_scheduler": injected_scheduler(
-                optimizer, self.lr_scheduler_factory, hp.lr_scheduler_interval, hp.lr_scheduler_monitor)}
-        if hp.lr_schedule == "constant" and hp.warmup_epochs == 0:
-            return optimizer
-        scheduler = build_scheduler(
-            optimizer, int(self.trainer.estimated_stepping_batches), int(self.trainer.max_epochs or 1),
-            hp.lr_schedule, hp.warmup_epochs,
-        )
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+    def optimiser_plan(self) -> list[tuple[list[nn.Parameter], nn.Module]]:
+        """Every parameter, the frozen head's too, so that optimiser states saved before the shared base
+        keep their parameter positions (an optimiser skips a parameter that gets no gradient)."""
+        return [(list(self.parameters()), self.backbone)]

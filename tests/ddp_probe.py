@@ -7,7 +7,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from lightning_modules import selection as sel
+from lightning_modules import coteaching_selection as sel
 from lightning_modules.coteaching import CoTeaching
 
 

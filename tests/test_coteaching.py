@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules import noise
 from lightning_modules import CoTeaching
-from lightning_modules import selection as sel
+from lightning_modules import coteaching_selection as sel
 from lightning_modules.backbones import MLP
 
 # ------------------------------------------------------------------ selection

@@ -18,7 +18,7 @@ from datamodules.train_augmentations import TRAIN_AUGMENTATIONS
 from fake_cifar import write_fake_cifar10
 from lightning_modules import Classifier
 from lightning_modules.backbones import CNN, LeNet
-from lightning_modules.classifier import check_backbone
+from lightning_modules.method_base import check_backbone
 
 MEAN = torch.tensor(augment.CIFAR10_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(augment.CIFAR10_STD).view(1, 3, 1, 1)

@@ -25,7 +25,7 @@ def check_forget_rate(forget_rate: float) -> None:
 def num_remember(batch_size: int, forget_rate: float) -> int:
     """How many samples a network keeps: ``round((1 - R) * B)``.
 
-    The reference code uses ``int()`` (floor); rounding is the issue's definition and
+    The reference code uses ``int()`` (floor); rounding is this project's definition and
     differs from it by at most one sample.
     """
     return int(round((1.0 - forget_rate) * batch_size))
