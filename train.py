@@ -57,6 +57,8 @@ RENAMED_MODULES = {
     "callbacks.fault_tolerance": "callbacks.periodic_checkpoint",
     "callbacks.plotting": "callbacks.inspection_helpers",
     "datamodules.run_state": "datamodules.label_fingerprints",
+    "lightning_modules.performance": "callbacks.performance",
+    "lightning_modules.selection": "lightning_modules.coteaching_selection",
 }
 
 

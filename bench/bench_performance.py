@@ -10,7 +10,7 @@ of the same size) for each variant, all in the same process:
     fp32                 precision 32-true, data copied to the device per batch
     bf16                 precision bf16-mixed
     fp16                 precision 16-mixed (GPU only)
-    bf16+cl              + channels_last (lightning_modules.performance.Performance)
+    bf16+cl              + channels_last (callbacks.Performance)
     bf16+cl+resident     + data.resident_on_device
     bf16+cl+resident+compile  + torch.compile of the backbone
 
@@ -33,7 +33,7 @@ import torch
 from datamodules import NoisyCIFAR10  # noqa: E402
 from lightning_modules import Classifier  # noqa: E402
 from lightning_modules.backbones import CNN, AirbenchNet, ResNet, SmallVGG  # noqa: E402
-from lightning_modules.performance import Performance  # noqa: E402
+from callbacks.performance import Performance  # noqa: E402
 
 VARIANTS = {
     "fp32": dict(precision="32-true"),

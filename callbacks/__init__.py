@@ -30,6 +30,7 @@ _LAZY = {
     "Lookahead": "lookahead",
     "MislabelDetection": "detection",
     "PatchWhitening": "patch_whitening",
+    "Performance": "performance",
     "PeriodicCheckpoint": "periodic_checkpoint",
     "ReleaseHeldLogs": "held_logs",
     "TestOracle": "test_oracle",

@@ -30,7 +30,7 @@ from torchmetrics.classification import (
 )
 
 from .inspection_helpers import (
-    class_names_of, log_figure, logits_from, num_classes_of, output_dir, plt, tensorboard_writer,
+    class_names_of, log_figure, logits_from, num_classes_of, output_dir, plt, tensorboard_writer, test_prefix_of,
 )
 
 Normalize = Literal["none", "row"]
@@ -145,7 +145,7 @@ class ConfusionMatrix(Callback):
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.on_test:
             return
-        prefix = getattr(pl_module, "test_prefix", "test")
+        prefix = test_prefix_of(pl_module)
         values = {k: v.cpu() for k, v in self._metrics.compute().items()}
         matrix = values["confusion"]
         self.matrices[prefix] = matrix

@@ -27,7 +27,7 @@ from torchvision.utils import make_grid, save_image
 from datamodules import contracts
 from lightning_modules.backbones import first_conv
 
-from .inspection_helpers import output_dir, scale_each, tensorboard_writer
+from .inspection_helpers import first_network, output_dir, scale_each, tensorboard_writer
 
 
 def kernel_tiles(conv: nn.Conv2d, scale: bool = True) -> tuple[torch.Tensor, int]:
@@ -170,7 +170,7 @@ class FilterVisualisation(Callback):
 
     def _log_feature_maps(self, trainer: pl.Trainer, pl_module: pl.LightningModule, writer) -> None:
         image = self._fixed_image(trainer, pl_module)
-        features = getattr(getattr(pl_module, "backbone", pl_module), "features", None)
+        features = getattr(first_network(pl_module) or pl_module, "features", None)
         if image is None or features is None:
             return
         was_training = pl_module.training

@@ -21,6 +21,7 @@ import torch  # noqa: E402
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger  # noqa: E402
 
 from datamodules import contracts  # noqa: E402
+from lightning_modules.method_base import MethodBase  # noqa: E402
 
 _warned: set[str] = set()
 
@@ -119,6 +120,17 @@ def num_classes_of(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
     if not c:
         raise ValueError("cannot tell the number of classes: neither datamodule.num_classes nor hparams.num_classes")
     return int(c)
+
+
+def test_prefix_of(pl_module: pl.LightningModule) -> str:
+    """The prefix of the test run in progress (``test``, or ``test_best`` when train.py tests the best
+    checkpoint): a method's declared ``test_prefix``; ``test`` for any other module."""
+    return pl_module.test_prefix if isinstance(pl_module, MethodBase) else "test"
+
+
+def first_network(pl_module: pl.LightningModule) -> torch.nn.Module | None:
+    """The (first) network a method trains, or None for a module that is not one of this framework's."""
+    return next(iter(pl_module.networks().values())) if isinstance(pl_module, MethodBase) else None
 
 
 def logits_from(outputs, pl_module: pl.LightningModule, batch: dict) -> torch.Tensor:

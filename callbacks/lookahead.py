@@ -22,7 +22,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from lightning_modules.performance import find_backbones
+from lightning_modules.method_base import find_backbones
 
 
 class Lookahead(pl.Callback):

@@ -23,7 +23,9 @@ from pytorch_lightning.callbacks import Callback
 
 from datamodules import contracts
 
-from .inspection_helpers import class_names_of, denormalize, log_figure, logits_from, num_classes_of, output_dir, plt
+from .inspection_helpers import (
+    class_names_of, denormalize, log_figure, logits_from, num_classes_of, output_dir, plt, test_prefix_of,
+)
 
 
 def top_mistakes(
@@ -119,7 +121,7 @@ class ConfidentMistakes(Callback):
         best = self._top_over_processes(trainer)
         if not trainer.is_global_zero:
             return
-        prefix = getattr(pl_module, "test_prefix", "test")
+        prefix = test_prefix_of(pl_module)
         if not best:
             self.rows[prefix] = []
             return

@@ -21,7 +21,7 @@ import pytorch_lightning as pl
 import torch
 
 from lightning_modules.backbones import first_conv
-from lightning_modules.performance import find_backbones
+from lightning_modules.method_base import find_backbones
 from lightning_modules.whitening import init_patch_whitening
 
 

@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from .contracts import NoisyData
 from .plain_npz import read_npz
-
-if TYPE_CHECKING:
-    from .noisy_dataset import NoisyDataModule
 
 #: datamodule attributes whose exact contents define what is trained and validated on
 FINGERPRINTED = ("noisy_targets", "clean_targets", "train_indices", "val_indices", "meta_indices")
@@ -38,7 +36,7 @@ def fingerprint(tensor: torch.Tensor) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def data_state(dm: NoisyDataModule) -> dict[str, Any]:
+def data_state(dm: NoisyData) -> dict[str, Any]:
     """Fingerprints of the labels and split of a set-up datamodule ({} before ``setup``)."""
     if dm.noisy_targets is None:
         return {}
@@ -48,7 +46,7 @@ def data_state(dm: NoisyDataModule) -> dict[str, Any]:
     return {"fingerprints": prints, "settings": settings, "dataset": dm.dataset_name}
 
 
-def check_data_state(dm: NoisyDataModule, state: dict[str, Any]) -> None:
+def check_data_state(dm: NoisyData, state: dict[str, Any]) -> None:
     """Raise ``ValueError`` when ``dm`` serves other labels or another split than the checkpoint's run."""
     if not state or dm.noisy_targets is None:
         return
@@ -71,7 +69,7 @@ def check_data_state(dm: NoisyDataModule, state: dict[str, Any]) -> None:
     )
 
 
-def check_run_folder_labels(dm: NoisyDataModule, path: Path) -> None:
+def check_run_folder_labels(dm: NoisyData, path: Path) -> None:
     """Refuse to overwrite a run folder's ``noisy_labels.npz`` with other labels.
 
     Called before ``setup`` writes the file, on every process: a run resumed

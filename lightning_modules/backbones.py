@@ -161,7 +161,8 @@ class ConvNet3(Backbone):
             nn.Conv2d(input_channel, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Dropout(dropout_rate), nn.Linear(128 * side * side, 256), nn.ReLU(), nn.Dropout(dropout_rate),
+            nn.Flatten(), nn.Dropout(dropout_rate), nn.Linear(128 * side * side, 256), nn.ReLU(),
+            nn.Dropout(dropout_rate),
         )
         self.feature_dim = 256
         self.head = nn.Linear(256, n_outputs)

@@ -283,3 +283,24 @@ class NoisyLabelMethod(MethodBase):
     def predict_step(self, batch: c.Batch, batch_idx: int) -> dict[str, torch.Tensor]:
         probs = self.eval_logits("predict", batch[c.IMAGE]).softmax(1)
         return {c.INDEX: batch[c.INDEX], "probs": probs, "pred": probs.argmax(1)}
+
+
+def find_backbones(pl_module: nn.Module, names: list[str] | None = None) -> dict[str, nn.Module]:
+    """The modules the knobs apply to: ``names`` (attributes of ``pl_module``), else a method's
+    ``networks()``, else every child ``Backbone``."""
+    if names:
+        missing = [n for n in names if not isinstance(getattr(pl_module, n, None), nn.Module)]
+        if missing:
+            children = [n for n, _ in pl_module.named_children()]
+            raise ValueError(f"{type(pl_module).__name__} has no sub-module {missing}; its children: {children}")
+        return {n: getattr(pl_module, n) for n in names}
+    if isinstance(pl_module, MethodBase):
+        return pl_module.networks()
+    found = {n: m for n, m in pl_module.named_children() if isinstance(m, bb.Backbone)}
+    if not found:
+        children = [n for n, _ in pl_module.named_children()]
+        raise ValueError(
+            f"{type(pl_module).__name__} has no backbones.Backbone child; name the modules to speed up "
+            f"with Performance(modules=[...]) among {children}"
+        )
+    return found

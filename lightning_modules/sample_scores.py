@@ -49,6 +49,7 @@ def score_training_set(
 
 def share_rank_zero_buffers(module: torch.nn.Module) -> None:
     """Copy rank 0's buffers into every process (no-op without an initialised process group)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         for buffer in module.buffers():
             torch.distributed.broadcast(buffer, src=0)

@@ -49,7 +49,8 @@ def test_a_saved_config_with_an_old_class_path_still_runs(tmp_path, monkeypatch)
     import train
     from callbacks.periodic_checkpoint import PeriodicCheckpoint
 
-    assert set(train.RENAMED_MODULES) >= {"callbacks.fault_tolerance", "datamodules.run_state"}
+    assert set(train.RENAMED_MODULES) >= {"callbacks.fault_tolerance", "datamodules.run_state",
+                                        "lightning_modules.performance"}
     monkeypatch.setattr(sys, "argv", ["train.py"])
     monkeypatch.chdir(tmp_path)
     old = tmp_path / "old.yaml"

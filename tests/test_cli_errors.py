@@ -85,7 +85,7 @@ CASES = [
     ("human file missing", [NOISE, "human", "--data.init_args.noise_rate", "0",
                             "--data.init_args.human_labels", "nothere.pt", "--data.init_args.human_label_set", "aggre"],
      r"^error: .*nothere\.pt does not exist"),
-    ("compile_mode", ["--trainer.callbacks+=lightning_modules.performance.Performance",
+    ("compile_mode", ["--trainer.callbacks+=callbacks.Performance",
                       "--trainer.callbacks.compile_mode", "fast"],
      r"^error: unknown compile_mode 'fast'; allowed: default, reduce-overhead"),
     ("resident_on_device with workers",

@@ -15,7 +15,7 @@ from torch import nn
 from datamodules import NoisyCIFAR10
 from lightning_modules import Classifier, MetaWeightNet
 from lightning_modules.backbones import MLP, Backbone
-from lightning_modules.performance import Performance
+from callbacks.performance import Performance
 from lightning_modules.simclr import SimCLR
 
 

@@ -346,7 +346,8 @@ def test_estimate_forget_rate_is_scale_free_and_clipped():
 def test_estimate_forget_rate_input_checks():
     assert 0.0 <= sel.estimate_forget_rate(torch.tensor([0.1, 0.9])) <= 0.95  # two losses are enough
     for bad in (torch.tensor([0.5]), torch.tensor([0.1, float("nan"), 0.3])):
-        with pytest.raises(ValueError, match=rf"^need at least 2 finite losses to estimate a forget rate, got {len(bad)}$"):
+        expected = rf"^need at least 2 finite losses to estimate a forget rate, got {len(bad)}$"
+        with pytest.raises(ValueError, match=expected):
             sel.estimate_forget_rate(bad)
 
 

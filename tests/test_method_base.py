@@ -13,7 +13,7 @@ from datamodules import NoisyCIFAR10
 from lightning_modules import Classifier, CoTeaching, DivideMix, MetaWeightNet, SimCLR
 from lightning_modules.backbones import CNN
 from lightning_modules.method_base import MethodBase, check_backbone
-from lightning_modules.performance import find_backbones
+from lightning_modules.method_base import find_backbones
 
 METHODS = ["Classifier", "CoTeaching", "MetaWeightNet", "SimCLR", "DivideMix"]
 
@@ -177,7 +177,8 @@ def test_mwnet_virtual_step_uses_each_parameters_group_lr():
     model = make("MetaWeightNet", backbone_lr=0.01, optimizer=sgd(0.5))
     (opt,), _ = model.build_optimizers()
     lrs = parameter_lrs(opt, model.backbone)
-    assert {k for k, v in lrs.items() if v == 0.01} == {f"features.{k}" for k, _ in model.backbone.features.named_parameters()}
+    encoder = {f"features.{k}" for k, _ in model.backbone.features.named_parameters()}
+    assert {k for k, v in lrs.items() if v == 0.01} == encoder
     assert {k for k, v in lrs.items() if v == 0.5} == {f"head.{k}" for k, _ in model.backbone.head.named_parameters()}
     g = torch.Generator().manual_seed(0)
     x, xm = torch.randn(8, 3, 32, 32, generator=g), torch.randn(4, 3, 32, 32, generator=g)

@@ -25,7 +25,8 @@ from datamodules.resumable import resident
 from datamodules.batches import IndexedTensorDataset
 from lightning_modules import Classifier
 from lightning_modules.backbones import CNN, MLP
-from lightning_modules.performance import Performance, find_backbones, to_channels_last
+from callbacks.performance import Performance, to_channels_last
+from lightning_modules.method_base import find_backbones
 
 
 class Probe(pl.Callback):

@@ -149,7 +149,8 @@ def test_knn_monitor_accuracy_on_hand_made_images():
     # clean bank, k=1: q5 red3 -> 0 right now; q4 still wrong
     assert KNNMonitor(k=1, bank_labels="clean_target").accuracy(trainer, module) == pytest.approx(4 / 5)
     # clean bank, k=3, t=0.1: every reddish query sees the 3 reds (all class 0), the greenish one the greens
-    assert KNNMonitor(k=3, temperature=0.1, bank_labels="clean_target").accuracy(trainer, module) == pytest.approx(4 / 5)
+    monitor = KNNMonitor(k=3, temperature=0.1, bank_labels="clean_target")
+    assert monitor.accuracy(trainer, module) == pytest.approx(4 / 5)
     assert module.training  # mode restored
 
 
@@ -309,7 +310,8 @@ def test_simclr_augment_through_the_datamodule(fake_cifar10_dir):
 
 
 def test_augment_config_rejects_bad_values():
-    for kwargs, word in (({"scale": (0.5, 0.1)}, "scale"), ({"ratio": (0, 1)}, "ratio"), ({"grey_prob": 1.5}, "grey_prob"),
+    for kwargs, word in (({"scale": (0.5, 0.1)}, "scale"), ({"ratio": (0, 1)}, "ratio"),
+                         ({"grey_prob": 1.5}, "grey_prob"),
                          ({"brightness": 1.0}, "brightness"), ({"hue": 0.7}, "hue")):
         with pytest.raises(ValueError, match=word):
             sa.SimCLRAugmentConfig(**kwargs)
@@ -380,7 +382,8 @@ def test_init_from_classifier_and_two_network_checkpoints(tmp_path):
     # a two-network checkpoint (net1.*, net2.*): the first network is used
     net1, net2 = ConvNet6(), ConvNet6()
     _perturb(net1)
-    state = {**{f"net1.{k}": v for k, v in net1.state_dict().items()}, **{f"net2.{k}": v for k, v in net2.state_dict().items()}}
+    state = {**{f"net1.{k}": v for k, v in net1.state_dict().items()},
+             **{f"net2.{k}": v for k, v in net2.state_dict().items()}}
     torch.save({"state_dict": state}, tmp_path / "two.ckpt")
     target = ConvNet6()
     load_backbone_weights(target, str(tmp_path / "two.ckpt"))
@@ -457,7 +460,7 @@ def test_simclr_ddp_on_cpu_gathers_negatives_from_both_processes(fake_cifar10_di
         "--trainer.max_epochs", "1", "--trainer.devices", "2", "--trainer.strategy", "ddp",
         "--trainer.limit_train_batches", "2",
         "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
-        f"--trainer.callbacks+=simclr_probe.GatherProbe", f"--trainer.callbacks.out_dir={probe}",
+        "--trainer.callbacks+=simclr_probe.GatherProbe", f"--trainer.callbacks.out_dir={probe}",
     ]
     env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests'}", PYTHONWARNINGS="ignore",
                OMP_NUM_THREADS="1")

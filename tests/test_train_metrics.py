@@ -13,7 +13,6 @@ import math
 import pytest
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import CombinedLoader
 from torch import nn
 
 from lightning_modules import Classifier, CoTeaching, MetaWeightNet

@@ -5,7 +5,7 @@ MetaWeightNet... stay free of it and a YAML switches it on for all of them::
 
     trainer:
       callbacks:
-        - class_path: lightning_modules.performance.Performance
+        - class_path: callbacks.Performance
           init_args: {channels_last: true, compile: true}
 
 (the third knob, keeping the dataset on the GPU, is the datamodule's
@@ -30,35 +30,14 @@ The backbones are the module's ``networks()`` (a ``method_base.MethodBase``:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from .backbones import Backbone
-from .method_base import MethodBase
-
-
-def find_backbones(pl_module: nn.Module, names: Sequence[str] | None = None) -> dict[str, nn.Module]:
-    """The modules the knobs apply to: ``names`` (attributes of ``pl_module``), else a method's
-    ``networks()``, else every child ``Backbone``."""
-    if names:
-        missing = [n for n in names if not isinstance(getattr(pl_module, n, None), nn.Module)]
-        if missing:
-            children = [n for n, _ in pl_module.named_children()]
-            raise ValueError(f"{type(pl_module).__name__} has no sub-module {missing}; its children: {children}")
-        return {n: getattr(pl_module, n) for n in names}
-    if isinstance(pl_module, MethodBase):
-        return pl_module.networks()
-    found = {n: m for n, m in pl_module.named_children() if isinstance(m, Backbone)}
-    if not found:
-        children = [n for n, _ in pl_module.named_children()]
-        raise ValueError(
-            f"{type(pl_module).__name__} has no backbones.Backbone child; name the modules to speed up "
-            f"with Performance(modules=[...]) among {children}"
-        )
-    return found
+from lightning_modules.backbones import Backbone
+from lightning_modules.method_base import find_backbones
 
 
 def compile_target(module: nn.Module) -> nn.Module:
