@@ -22,5 +22,6 @@ TRAIN_AUGMENTATIONS: dict[str, Callable[[tuple[float, ...], tuple[float, ...]], 
     "crop2_altflip": lambda mean, std: CropFlip(mean, std, padding=2, alternate_flip=True),  # and its flip
     "none": lambda mean, std: Normalize(mean, std),
     "crop_flip_twice": lambda mean, std: TwoViews(CropFlip(mean, std)),  # ``image`` and ``image2`` (DivideMix)
+    "crop2_flip_twice": lambda mean, std: TwoViews(CropFlip(mean, std, padding=2)),  # the same, fast recipe
     "simclr": lambda mean, std: SimCLRAugment(mean, std),  # two views {"view1", "view2"}
 }

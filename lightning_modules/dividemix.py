@@ -149,7 +149,7 @@ class DivideMix(NoisyLabelMethod):
         if c.offers(dm, "train_transform") and not isinstance(dm.train_transform, TwoViews):
             raise ValueError(
                 "DivideMix needs two augmented views per training image: set data.init_args.augmentation: "
-                "crop_flip_twice"
+                "crop_flip_twice (or crop2_flip_twice)"
             )
 
     def on_train_epoch_start(self) -> None:
@@ -282,7 +282,7 @@ class DivideMix(NoisyLabelMethod):
         hp = self.hparams
         if c.IMAGE2 not in batch:
             raise ValueError("DivideMix needs two augmented views per image (batch key 'image2'): "
-                             "set data.init_args.augmentation: crop_flip_twice")
+                             "set data.init_args.augmentation: crop_flip_twice (or crop2_flip_twice)")
         x1, x2, y = batch[c.IMAGE], batch[c.IMAGE2], batch[c.TARGET]
         w = clean_prob[batch[c.INDEX]]
         lab = w > hp.p_threshold

@@ -288,7 +288,8 @@ def test_apply_transform_merges_dict_outputs():
         ({"val_size": -3}, r"val_size must be >= 0, got -3"),
         ({"batch_size": 0}, r"batch_size must be >= 1, got 0"),
         ({"augmentation": "mixup"},
-         r"unknown augmentation 'mixup'; allowed: crop_flip, crop2_flip, crop2_altflip, none, crop_flip_twice, simclr"),
+         r"unknown augmentation 'mixup'; allowed: crop_flip, crop2_flip, crop2_altflip, none, crop_flip_twice, "
+         r"crop2_flip_twice, simclr"),
     ],
 )
 def test_bad_constructor_arguments_are_named(kwargs, message):

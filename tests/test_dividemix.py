@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+
+import datamodules.train_augmentations
 import torch.nn.functional as F
 from sklearn.mixture import GaussianMixture
 
@@ -174,10 +176,21 @@ def test_bad_input_is_refused_early(fake_cifar10_dir):
         pl.Trainer(max_epochs=3, **kw).fit(model, datamodule=one_view)
 
 
-def test_two_views_are_independent_augmentations_of_the_same_images(fake_cifar10_dir):
+@pytest.mark.parametrize("augmentation, shift", [("crop_flip_twice", 4), ("crop2_flip_twice", 2)])
+def test_two_views_are_independent_augmentations_of_the_same_images(fake_cifar10_dir, augmentation, shift):
     dm = fake_datamodule(fake_cifar10_dir)
     dm.setup("fit")
     raw = dm.training_set_images()[:64]
+    # one bright pixel in the middle of a dark image: each view moves it by at most `shift` per axis
+    dot = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+    dot[..., 16, 16] = 255
+    views = datamodules.train_augmentations.TRAIN_AUGMENTATIONS[augmentation](dm.mean, dm.std)
+    torch.manual_seed(0)
+    moved = [views(dot.expand(200, -1, -1, -1))[k][:, 0].flatten(1).argmax(1) for k in ("image", "image2")]
+    for positions in moved:
+        rows, cols = positions // 32, positions % 32
+        col_shift = torch.minimum((cols - 16).abs(), (31 - cols - 16).abs())  # a flip mirrors column 16 to 15
+        assert (rows - 16).abs().max() == shift and col_shift.max() == shift
     torch.manual_seed(0)
     out = dm.train_transform(raw)
     assert set(out) == {"image", "image2"} and out["image"].shape == out["image2"].shape == (64, 3, 32, 32)
