@@ -205,6 +205,10 @@ def collect(spec: dict) -> list[dict]:
                     if acc is not None:
                         accs.append(100.0 * acc)
                 rec[key] = accs
+            for key in DETECTION_KEYS:  # callbacks.MislabelDetection's detection/detection.json, where run
+                rec[f"detection_{key}"] = [
+                    100.0 * float(d[key]) for c in done if (d := read_detection(c.run_dir)) is not None
+                    and d.get(key) is not None and d[key] == d[key]]  # NaN: nothing flagged
             rec["wall_s"] = [json.loads((c.folder / "wall_time.json").read_text())["seconds"]
                              for c in done if (c.folder / "wall_time.json").is_file()]
             for c in done:
@@ -213,6 +217,14 @@ def collect(spec: dict) -> list[dict]:
                     raise SystemExit(f"{c.folder}: trained on other labels than {row_file}")
             records.append(rec)
     return records
+
+
+DETECTION_KEYS = ("auroc", "precision", "recall")
+
+
+def read_detection(run_dir: Path) -> dict | None:
+    path = run_dir / "detection" / "detection.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def fmt(values: list[float]) -> str:
@@ -228,22 +240,30 @@ def write_table(spec: dict) -> list[dict]:
     out = Path(spec["out_dir"])
     out.mkdir(parents=True, exist_ok=True)
     header = ["noise", "method", "seeds", "test acc, last epoch (%)", "test acc, best noisy val (%)",
-              "published (%)", "wall time per run (s)", "labels sha256"]
+              "published (%)", "flipped-label detection AUROC / precision / recall (%)", "wall time per run (s)",
+              "labels sha256"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["noise", "method", "seed_count", "last_mean", "last_std", "best_val_mean", "best_val_std",
-                         "published", "wall_s_mean", "labels_sha256"])
+                         "published", *(f"detection_{k}_mean" for k in DETECTION_KEYS), "wall_s_mean",
+                         "labels_sha256"])
         for r in records:
             wall = f"{statistics.mean(r['wall_s']):.0f}" if r["wall_s"] else ""
             pub = "" if r["published"] is None else f"{r['published']:.2f}"
+            detection = [statistics.mean(r[f"detection_{k}"]) if r[f"detection_{k}"] else None
+                         for k in DETECTION_KEYS]
+            shown = " / ".join("-" if v is None else f"{v:.1f}" for v in detection) if any(
+                v is not None for v in detection) else ""
             lines.append(f"| {r['row']} | {r['method']} | {len(r['seeds'])} | {fmt(r['last'])} | "
-                         f"{fmt(r['best_val'])} | {pub} | {wall} | {r['labels'] or ''} |")
+                         f"{fmt(r['best_val'])} | {pub} | {shown} | {wall} | {r['labels'] or ''} |")
             stats = []
             for key in ("last", "best_val"):
                 v = r[key]
                 stats += [f"{statistics.mean(v):.4f}" if v else "", f"{statistics.stdev(v):.4f}" if len(v) > 1 else ""]
-            writer.writerow([r["row"], r["method"], len(r["seeds"]), *stats, pub, wall, r["labels"] or ""])
+            detection_csv = ["" if v is None else f"{v:.2f}" for v in detection]
+            writer.writerow([r["row"], r["method"], len(r["seeds"]), *stats, pub, *detection_csv, wall,
+                             r["labels"] or ""])
     (out / "results.md").write_text("\n".join(lines) + "\n")
     plot(records, out / "accuracy_vs_noise.png")
     return records

@@ -34,8 +34,9 @@ def _matrix(tmp_path: Path, data_dir: Path) -> Path:
              "args": ["--data.init_args.noise_type", "pairflip", "--data.init_args.noise_rate", "0.2"]},
         ],
         # gce's own noise seed would draw other labels: the row's label file must override it
-        "methods": [{"name": "ce"}, {"name": "gce", "args": ["--model.init_args.loss", "gce",
-                                                              "--data.init_args.noise_seed", "7"]}],
+        # ce also measures how well it finds the flipped labels: the table's detection columns
+        "methods": [{"name": "ce", "args": ["--trainer.callbacks+=callbacks.MislabelDetection"]},
+                    {"name": "gce", "args": ["--model.init_args.loss", "gce", "--data.init_args.noise_seed", "7"]}],
     }
     path = tmp_path / "matrix.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -78,6 +79,15 @@ def test_matrix_runs_every_cell_on_its_rows_labels_and_tabulates(tmp_path, fake_
         assert float(rec["last_mean"]) == pytest.approx(100 * results["test"]["test/acc"], abs=1e-4)
         assert float(rec["best_val_mean"]) == pytest.approx(100 * results["test_best"]["test_best/acc"], abs=1e-4)
         assert float(rec["wall_s_mean"]) > 0
+        detection = out / row / method / "seed0" / "version_0" / "detection" / "detection.json"
+        assert detection.is_file() == (method == "ce")
+        if method == "ce":
+            d = json.loads(detection.read_text())
+            for key in ("auroc", "precision", "recall"):
+                expected = "" if d[key] != d[key] else f"{100 * d[key]:.2f}"  # NaN: nothing flagged
+                assert rec[f"detection_{key}_mean"] == expected
+        else:
+            assert rec["detection_auroc_mean"] == ""
     assert table[("sym40", "gce")]["published"] == "12.50" and table[("sym40", "ce")]["published"] == ""
     assert "| sym40 | gce | 1 |" in (out / "results.md").read_text()
     png = (out / "accuracy_vs_noise.png").read_bytes()
