@@ -149,11 +149,11 @@ TINY_CNN = ["--model.init_args.backbone", "lightning_modules.backbones.CNN",
 
 # method -> (config stack, extra arguments)
 MATRIX = {
-    "coteaching": (["coteaching/cifar10.yaml"], ["--model.init_args.epoch_decay_start", "1"]),
+    "coteaching": (["coteaching/cifar10.yaml"], [*TINY_CNN, "--model.init_args.epoch_decay_start", "1"]),
     # co-teaching+ with forget_rate: auto (estimated at the start of epoch 2), and on the first batch an
     # empty selection on rank 1 only (ddp_probe.CoTeachingPlusAgreeingOnRank1)
     "coteaching_plus_auto": (["coteaching/cifar10.yaml"], [
-        "--model", "ddp_probe.CoTeachingPlusAgreeingOnRank1", "--model.init_args.mode", "coteaching_plus",
+        "--model", "ddp_probe.CoTeachingPlusAgreeingOnRank1", *TINY_CNN, "--model.init_args.mode", "coteaching_plus",
         "--model.init_args.forget_rate", "auto", "--model.init_args.auto_warmup_epochs", "1",
         "--model.init_args.epoch_decay_start", "2", "--trainer.max_epochs", "2"]),
     # the weighting net gets its gradient from the meta step's separate backward: DDP must allow

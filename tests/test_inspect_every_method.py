@@ -21,9 +21,9 @@ TINY_CNN = ["--model.init_args.backbone", "lightning_modules.backbones.CNN",
 # method config stack -> extra arguments (a tiny network in place of the config's ResNet where needed)
 METHODS = {
     "classifier": (["quick.yaml"], []),
-    "coteaching": (["coteaching/cifar10.yaml"], ["--model.init_args.epoch_decay_start", "1"]),
+    "coteaching": (["coteaching/cifar10.yaml"], [*TINY_CNN, "--model.init_args.epoch_decay_start", "1"]),
     "coteaching_plus_auto": (["coteaching/cifar10.yaml"], [
-        "--model.init_args.epoch_decay_start", "2", "--model.init_args.mode", "coteaching_plus",
+        *TINY_CNN, "--model.init_args.epoch_decay_start", "2", "--model.init_args.mode", "coteaching_plus",
         "--model.init_args.forget_rate", "auto", "--model.init_args.auto_warmup_epochs", "1",
         "--trainer.max_epochs", "2"]),
     "meta_weight_net": (["mwnet/base.yaml"], [*TINY_CNN, "--data.init_args.meta_size", "2",
