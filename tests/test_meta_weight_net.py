@@ -368,3 +368,42 @@ def test_pure_parts_defaults_and_messages():
     yt, ym = torch.tensor([0, 1, 2, 0, 1, 2]), torch.tensor([0, 1, 2, 0])
     default = virtual_meta_loss(model, vnet, x, yt, xm, ym, 0.5, per_sample_ce)
     assert default.item() == virtual_meta_loss(model, vnet, x, yt, xm, ym, 0.5, per_sample_ce, "sum", "ce").item()
+
+
+def test_virtual_step_takes_each_parameter_groups_current_lr():
+    """With ``backbone_lr`` the encoder (w1, b1) and the head (w2, b2) sit in groups with different lrs;
+    the virtual step of Algorithm 1, written out by hand with each tensor's own current lr, gives the
+    weighting net the module ends up with. One lr for all (either group's) gives another one."""
+    from lightning_modules.backbones import MLP
+
+    base_lr, encoder_lr, meta_lr = 0.3, 0.02, 100.0
+    torch.manual_seed(0)
+    model = MetaWeightNet(MLP(input_channel=2, n_outputs=3, image_size=1, hidden=(8,)), num_classes=3, hidden=5,
+                          optimizer=lambda p: torch.optim.SGD(p, lr=base_lr),
+                          meta_optimizer=lambda p: torch.optim.SGD(p, lr=meta_lr), warmup_epochs=3,
+                          backbone_lr=encoder_lr)
+    theta0 = [p.detach().clone() for p in model.backbone.parameters()]  # w1, b1 (features), w2, b2 (head)
+    v0 = [p.detach().clone() for p in model.weighting_net.parameters()]
+    dm = _MetaBlobs()
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=dm)
+    x, y, xm, ym = dm.train["image"], dm.train["target"], dm.meta["image"], dm.meta["target"]
+
+    def meta_step(step_lrs: list[float]) -> list[torch.Tensor]:
+        theta = [t.clone().requires_grad_() for t in theta0]
+        v = [t.clone().requires_grad_() for t in v0]
+        losses = F.cross_entropy(_mlp_by_hand(x, *theta), y, reduction="none")
+        w = _vnet_by_hand(losses.detach(), *v)
+        grads = torch.autograd.grad(_normalised(w, losses, "sum"), theta, create_graph=True)
+        virtual = [t - lr * g for t, g, lr in zip(theta, grads, step_lrs)]
+        meta = F.cross_entropy(_mlp_by_hand(xm, *virtual), ym)
+        return [t - meta_lr * g for t, g in zip(v0, torch.autograd.grad(meta, v))]
+
+    encoder, head = encoder_lr / 3, base_lr / 3  # both groups at the warm-up factor 1/3 of the first step
+    want = meta_step([encoder, encoder, head, head])
+    for got, w in zip(model.weighting_net.parameters(), want):
+        torch.testing.assert_close(got.detach(), w, rtol=1e-5, atol=1e-7)
+    for one_lr in (encoder, head):
+        other = meta_step([one_lr] * 4)
+        assert max((a - b).abs().max().item() for a, b in zip(want, other)) > 1e-4
