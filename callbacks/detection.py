@@ -14,6 +14,11 @@ flags (score below ``threshold``): in ``detection/detection.json`` of the run fo
 TensorBoard (``detection/*``), and the flagged samples, least clean first, in
 ``detection/suspected_mislabelled.csv`` (index, given label, suggested label, score).
 The subfolder keeps the list apart from ``LabelNoiseDiagnostics``' own ``suspected_mislabelled.csv``.
+
+A finished run is scored afterwards from its checkpoint (co-teaching's selection counts are in it)::
+
+    python train.py validate --config RUN/config.yaml --ckpt_path RUN/checkpoints/last.ckpt \
+        --trainer.callbacks+=callbacks.MislabelDetection
 """
 
 from __future__ import annotations
@@ -118,6 +123,11 @@ class MislabelDetection(Callback):
             raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
         self.threshold = float(threshold)
         self.result: dict | None = None
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """``train.py validate --ckpt_path`` of a finished run: the same measurement for that checkpoint."""
+        if trainer.state.fn == "validate":
+            self.on_train_end(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         dm = trainer.datamodule

@@ -153,3 +153,34 @@ def test_callback_uses_meta_weight_net_weights(fake_cifar10_dir, tmp_path):
     a, b = weight[flipped][:, None], weight[~flipped][None, :]
     assert result["auroc"] == pytest.approx(float(((a < b).sum() + 0.5 * (a == b).sum()) / (a.numel() * b.numel())),
                                             abs=1e-4)
+
+
+@pytest.mark.parametrize("method", ["Classifier", "CoTeaching"])
+def test_a_finished_run_is_scored_from_its_checkpoint_through_validate(method, fake_cifar10_dir, tmp_path,
+                                                                       monkeypatch):
+    """``train.py validate --ckpt_path last.ckpt`` with the callback measures what the fit measured at its end
+    (the last weights and, for co-teaching, the selection counts restored from the checkpoint)."""
+    import sys
+
+    import yaml
+
+    from test_cli import _tiny_config
+    from train import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    config = _tiny_config(tmp_path, fake_cifar10_dir)
+    spec = yaml.safe_load(config.read_text())
+    spec["model"]["class_path"] = f"lightning_modules.{method}"
+    if method == "CoTeaching":
+        spec["model"]["init_args"].update(forget_rate=0.2, num_gradual=1)
+    config.write_text(yaml.safe_dump(spec))
+    main(["fit", "--config", str(config), "--trainer.callbacks+=callbacks.MislabelDetection",
+          "--trainer.logger.init_args.version", "fit"])
+    run = tmp_path / "runs" / "tiny" / "fit"
+    fitted = json.loads((run / "detection" / "detection.json").read_text())
+    main(["validate", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+          "--trainer.logger.init_args.version", "validate"])
+    scored = json.loads((tmp_path / "runs" / "tiny" / "validate" / "detection" / "detection.json").read_text())
+    assert fitted["score"] == ("method" if method == "CoTeaching" else "self_confidence")
+    assert fitted["num_flipped"] > 0 and scored == fitted
