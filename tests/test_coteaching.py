@@ -370,3 +370,62 @@ def test_schedule_defaults_and_argument_errors():
     for c in (0, -1.0):
         with pytest.raises(ValueError, match=rf"^exponent must be > 0, got {c}$"):
             sel.forget_rate_at(1, 0.5, exponent=c)
+
+
+# ------------------------------------------ the module's step, plan and logs, checked by hand
+def test_label_smoothing_reaches_both_networks_losses():
+    """loss = -(1 - eps) log p_y - eps / C * sum_c log p_c, per sample, for each network."""
+    eps = 0.2
+    m = tiny_module(forget_rate=0.5, label_smoothing=eps)
+    g = torch.Generator().manual_seed(2)
+    batch = {"image": torch.randn(16, 2, generator=g), "target": torch.randint(0, 4, (16,), generator=g)}
+    out = m.compute_updates(batch, forget_rate=0.5)
+    for k, net in ((1, m.net1), (2, m.net2)):
+        logp = net(batch["image"]).float().log_softmax(1)
+        want = -(1 - eps) * logp[torch.arange(16), batch["target"]] - eps / 4 * logp.sum(1)
+        torch.testing.assert_close(out[f"loss{k}"], want)
+        plain = -logp[torch.arange(16), batch["target"]]
+        assert (out[f"loss{k}"] - plain).abs().max() > 1e-3  # smoothing changes the losses measurably
+
+
+class StepRecorder(pl.Callback):
+    """Each batch, when the step starts: both optimisers' (lr, beta1), the forget rate, the selection counts."""
+
+    def __init__(self):
+        self.plan, self.rates, self.before = [], [], None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.plan.append([(o.param_groups[0]["lr"], o.param_groups[0]["betas"][0]) for o in trainer.optimizers])
+        self.rates.append(pl_module.current_forget_rate())
+        self.before = None if pl_module._selection is None else pl_module._selection.clone()
+
+
+def test_reference_adam_plan_forget_rate_selection_counts_and_logged_values():
+    """The paper's Adam plan reaches both optimisers each epoch (lr 0.01 until epoch_decay_start 1, then
+    lr * (E - e) / (E - 1) and beta1 0.1); R(t) = r * min((t / T_k) ** c, 1) with c = 2; each network's
+    picks are counted for detection; the logged values are those of the step."""
+    recorder, keep = StepRecorder(), KeepOutputs()
+    model = tiny_module(forget_rate=0.4, num_gradual=2, exponent=2.0, lr=0.01, epoch_decay_start=1)
+    trainer = pl.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[keep, recorder],
+                         limit_train_batches=1)
+    trainer.fit(model, datamodule=BlobData())
+    want = [(0.01, 0.9), (0.01 * 2 / 2, 0.1), (0.01 * 1 / 2, 0.1)]  # epochs 0, 1, 2 of E = 3
+    assert [plan[0] for plan in recorder.plan] == [pytest.approx(w) for w in want]  # network 1's optimiser
+    assert [plan[1] for plan in recorder.plan] == [pytest.approx(w) for w in want]  # network 2's optimiser
+    assert recorder.rates == pytest.approx([0.0, 0.4 * (1 / 2) ** 2, 0.4])  # c = 1 would give 0.2 at t = 1
+    m = trainer.callback_metrics
+    assert float(m["train/lr"]) == pytest.approx(0.005) and float(m["train/beta1"]) == pytest.approx(0.1)
+    assert float(m["train/forget_rate"]) == pytest.approx(0.4)
+    # last step: batch of 100, forget rate 0.4 -> each network keeps 60
+    assert float(m["train/num_selected_net1"]) == 60 and float(m["train/num_selected_net2"]) == 60
+    _, batch = keep.last
+    index = batch["index"]
+    counts = model._selection - recorder.before  # what the last step added
+    assert torch.equal(counts[0, index], torch.full((100,), 2.0))  # offered to both networks
+    assert counts[1, index].sum() == 120 and counts[1].sum() == 120  # 60 picks per network, only this batch
+    # each network's logged label precision is the clean fraction of its 60 picks, so their mean is the
+    # pick-count-weighted clean fraction of the batch
+    clean = (batch["target"] == batch["clean_target"]).float()
+    precision = (float(m["train/label_precision_net1"]) + float(m["train/label_precision_net2"])) / 2
+    assert precision == pytest.approx(float((counts[1, index] * clean).sum()) / 120, abs=1e-6)
