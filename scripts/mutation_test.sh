@@ -31,7 +31,7 @@ declare -A TARGETS=(
   [schedules]="lightning_modules/schedules.py|tests/test_schedules.py|"
   [mwnet]="lightning_modules/meta_weight_net.py|tests/test_meta_weight_net.py tests/test_given_labels.py tests/test_train_metrics.py|weighted_loss meta_loss_fn virtual_meta_loss WeightingNet.forward MetaWeightNet.training_step MetaWeightNet.per_sample_loss"
   [classifier]="lightning_modules/classifier.py|tests/test_given_labels.py tests/test_train_metrics.py tests/test_losses.py|Classifier.training_step Classifier.loss Classifier.forward"
-  [coteaching]="lightning_modules/coteaching.py|tests/test_coteaching.py tests/test_given_labels.py tests/test_train_metrics.py -k 'not resume'|CoTeaching.compute_updates CoTeaching.training_step CoTeaching.current_forget_rate CoTeaching.on_train_epoch_start CoTeaching._log_train"
+  [coteaching]="lightning_modules/coteaching.py|tests/test_coteaching.py tests/test_given_labels.py tests/test_train_metrics.py tests/test_metric_names.py -k 'not resume and not hparams'|CoTeaching.compute_updates CoTeaching.training_step CoTeaching.current_forget_rate CoTeaching.on_train_epoch_start CoTeaching._log_train"
 )
 ORDER=(noise losses coteaching_selection schedules mwnet classifier coteaching)
 
