@@ -402,20 +402,22 @@ class StepRecorder(pl.Callback):
 
 def test_reference_adam_plan_forget_rate_selection_counts_and_logged_values():
     """The paper's Adam plan reaches both optimisers each epoch (lr 0.01 until epoch_decay_start 1, then
-    lr * (E - e) / (E - 1) and beta1 0.1); R(t) = r * min((t / T_k) ** c, 1) with c = 2; each network's
+    lr * (E - e) / (E - 1) and beta1 switched to beta1_decayed, 0.2 here, not the default 0.1);
+    R(t) = r * min((t / T_k) ** c, 1) with c = 2; each network's
     picks are counted for detection; the logged values are those of the step."""
     recorder, keep = StepRecorder(), KeepOutputs()
-    model = tiny_module(forget_rate=0.4, num_gradual=2, exponent=2.0, lr=0.01, epoch_decay_start=1)
+    model = tiny_module(forget_rate=0.4, num_gradual=2, exponent=2.0, lr=0.01, epoch_decay_start=1, beta1_decayed=0.2)
     trainer = pl.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[keep, recorder],
                          limit_train_batches=1)
     trainer.fit(model, datamodule=BlobData())
-    want = [(0.01, 0.9), (0.01 * 2 / 2, 0.1), (0.01 * 1 / 2, 0.1)]  # epochs 0, 1, 2 of E = 3
+    want = [(0.01, 0.9), (0.01 * 2 / 2, 0.2), (0.01 * 1 / 2, 0.2)]  # epochs 0, 1, 2 of E = 3
     assert [plan[0] for plan in recorder.plan] == [pytest.approx(w) for w in want]  # network 1's optimiser
     assert [plan[1] for plan in recorder.plan] == [pytest.approx(w) for w in want]  # network 2's optimiser
     assert recorder.rates == pytest.approx([0.0, 0.4 * (1 / 2) ** 2, 0.4])  # c = 1 would give 0.2 at t = 1
     m = trainer.callback_metrics
-    assert float(m["train/lr"]) == pytest.approx(0.005) and float(m["train/beta1"]) == pytest.approx(0.1)
+    assert float(m["train/lr"]) == pytest.approx(0.005) and float(m["train/beta1"]) == pytest.approx(0.2)
+    assert not [k for k in m if k.endswith("_step")]  # epoch values only
     assert float(m["train/forget_rate"]) == pytest.approx(0.4)
     # last step: batch of 100, forget rate 0.4 -> each network keeps 60
     assert float(m["train/num_selected_net1"]) == 60 and float(m["train/num_selected_net2"]) == 60
