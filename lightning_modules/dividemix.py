@@ -312,7 +312,7 @@ class DivideMix(NoisyLabelMethod):
     def _log_train(self, batch: c.Batch, out: dict) -> c.TrainStepOutput:
         n = len(batch[c.TARGET])
         loss1 = out["loss1"].detach()
-        self.log("train/loss", loss1, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("train/loss", loss1, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
         self.log_train_accuracy(out["logits"], batch)  # network 1, whose loss is train/loss
         self.log("train/loss_net2", out["loss2"].detach(), on_step=False, on_epoch=True, batch_size=n)
         for k, part in enumerate(out.get("parts", ()), start=1):

@@ -23,10 +23,18 @@ def _events(log_dir) -> EventAccumulator:
     return acc
 
 
-@pytest.mark.parametrize("name", ["Classifier", "CoTeaching", "MetaWeightNet", "SimCLR"])
+def _with_dividemix() -> dict:
+    from lightning_modules import DivideMix
+    from lightning_modules.backbones import CNN
+
+    return {**_methods(), "DivideMix": (DivideMix(CNN(width=0.125), warmup_epochs=1),
+                                        {"augmentation": "crop_flip_twice"})}
+
+
+@pytest.mark.parametrize("name", ["Classifier", "CoTeaching", "MetaWeightNet", "SimCLR", "DivideMix"])
 def test_every_method_logs_the_same_names(name, tmp_path, fake_cifar10_dir):
     pl.seed_everything(0)
-    model, dm_args = _methods()[name]
+    model, dm_args = _with_dividemix()[name]
     dm = NoisyCIFAR10(data_dir=str(fake_cifar10_dir), batch_size=32, val_size=50, **dm_args)
     logger = pl.loggers.TensorBoardLogger(tmp_path, name="m", default_hp_metric=False)
     trainer = pl.Trainer(accelerator="cpu", max_epochs=2, limit_train_batches=2, limit_val_batches=1, logger=logger,
