@@ -247,14 +247,17 @@ class NoisyLabelMethod(MethodBase):
         """The evaluated logits from each network's (two-network methods)."""
         raise NotImplementedError
 
+    def metric_prefix(self, split: str) -> str:
+        """``val``, or the test prefix train.py set (``test`` / ``test_best``) for test and predict."""
+        return "val" if split == "val" else self.test_prefix
+
     def log_eval(self, split: str, logits: torch.Tensor, batch: c.Batch) -> None:
         target = batch[c.TARGET]
         loss = nn.functional.cross_entropy(logits.float(), target)
-        val = split == "val"
-        prefix, metrics = ("val", self.val_metrics) if val else (self.test_prefix, self.test_metrics)
+        prefix, metrics = self.metric_prefix(split), self.val_metrics if split == "val" else self.test_metrics
         metrics.update(logits, target)
         self.log(f"{prefix}/loss", loss, sync_dist=True, batch_size=len(target))
-        self.log_dict({f"{prefix}/{k}": m for k, m in metrics.items()}, prog_bar=val)
+        self.log_dict({f"{prefix}/{k}": m for k, m in metrics.items()}, prog_bar=split == "val")
 
     def eval_step(self, split: str, batch: c.Batch) -> c.EvalStepOutput:
         """Log the split's metrics (two networks: each one's accuracy too, one forward per network);
@@ -268,10 +271,9 @@ class NoisyLabelMethod(MethodBase):
         logits = self.combine(per_network)
         self.log_eval(split, logits, batch)
         accuracies = self.val_acc_nets if split == "val" else self.test_acc_nets
-        prefix = "val" if split == "val" else self.test_prefix
         for k, (metric, lg) in enumerate(zip(accuracies, per_network), start=1):
             metric.update(lg, batch[c.TARGET])
-            self.log(f"{prefix}/acc_net{k}", metric)
+            self.log(f"{self.metric_prefix(split)}/acc_net{k}", metric)
         return {"logits": logits}
 
     def validation_step(self, batch: c.Batch, batch_idx: int) -> c.EvalStepOutput:
