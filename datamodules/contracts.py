@@ -121,8 +121,10 @@ class NoisyData(Protocol):
     def train_eval_dataloader(self) -> DataLoader: ...
 
 
-class MissingDataError(AttributeError):
-    """The run's datamodule lacks something a method or callback needs."""
+class MissingDataError(AttributeError, ValueError):
+    """The run's datamodule lacks something a method or callback needs: an attribute error, and a
+    configuration error (a ValueError), so that train.py reports it as one ``error:`` line like the
+    other bad-input errors instead of a traceback."""
 
 
 def require(datamodule: Any, name: str, user: str) -> Any:

@@ -108,3 +108,16 @@ def test_a_held_out_meta_set_need_not_be_served(fake_cifar10_dir):
     batch = next(iter(held.train_dataloader()))
     assert set(batch) == {"image", "target", "clean_target", "index"}
     assert not set(batch["index"].tolist()) & set(held.meta_indices.tolist())
+
+
+def test_a_missing_datamodule_attribute_is_reported_as_an_input_error(fake_cifar10_dir):
+    """contracts.require names the attribute, the user and the datamodule, and its error is one that
+    train.py reports in one line before training (not a traceback)."""
+    import train
+    from datamodules.contracts import require
+
+    dm = NoisyCIFAR10(data_dir=str(fake_cifar10_dir), val_size=50)  # not set up: no labels yet
+    with pytest.raises(AttributeError) as err:
+        require(dm, "noisy_targets", "LabelNoiseDiagnostics")
+    assert "LabelNoiseDiagnostics needs the datamodule's 'noisy_targets'" in str(err.value)
+    assert "NoisyCIFAR10" in str(err.value) and isinstance(err.value, train.INPUT_ERRORS)
