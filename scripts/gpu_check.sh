@@ -9,8 +9,11 @@
 # the fast recipe on the full data (configs/fast/cifar10.yaml: test accuracy, wall time); one epoch of the
 # reference co-teaching config; one epoch of the ResNet-18 SimCLR config with its kNN monitor; co-teaching+
 # with forget_rate auto under 16-mixed with inspect.yaml; MW-Net under torch.compile (a clear refusal expected:
-# its virtual step needs a double backward) and under 16-mixed. Not here yet: a CUDA kill-and-resume compared
-# with torch.equal, and the 2-process DDP matrix on NCCL (needs two GPUs).
+# its virtual step needs a double backward) and under 16-mixed; a SIGKILL-and-resume on the device compared with
+# an uninterrupted run by torch.equal on every weight (tests/test_resume.py); and, with two or more GPUs, the
+# 2-process DDP matrix of the suite (every method with inspect.yaml, identical replicas, callbacks covering the
+# whole evaluation set, kill-and-resume) on NCCL with TORCH_DISTRIBUTED_DEBUG=DETAIL. The last two run the
+# suite's own tests on the device (NLL_TEST_ACCELERATOR), so the GPU machine needs `pip install -e ".[dev]"`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEVICE=gpu; SMOKE=0
@@ -33,12 +36,19 @@ if [ "$SMOKE" = 1 ]; then
   FAST=(--data.init_args.batch_size 128 --model.init_args.backbone.init_args.width 0.125)
   HALF=bf16-mixed
   META=(--data.init_args.meta_size 2)
+  RESUME=(-k sigkill_mid_epoch)                   # the classifier's kill-and-resume
+  DDP_TESTS=(tests/test_ddp_inspect.py -k quick_with_inspect)
 else
   BENCH=(--images 10000 --nets cnn,resnet18,airbench)
   SIZE=(--trainer.max_epochs 1)
   FAST=()
   HALF=16-mixed
   META=()
+  RESUME=(-k sigkill)                             # the classifier's and co-teaching's kill-and-resume
+  # the confident-mistakes test recomputes the run's predictions on the CPU to 1e-5, which cuDNN's TF32
+  # convolutions do not meet; the replica, coverage and resume tests compare the device's own results
+  DDP_TESTS=(tests/test_ddp_inspect.py tests/test_ddp_resume.py tests/test_distributed.py tests/test_dividemix.py
+             -k "(ddp or distributed or two_process) and not confident_mistakes")
 fi
 [ "$DEVICE" = cpu ] && HALF=bf16-mixed  # 16-mixed is GPU-only in Lightning
 COMMON=(--trainer.accelerator "$DEVICE" --trainer.devices 1 --trainer.enable_progress_bar false
@@ -86,6 +96,19 @@ step mwnet_compile_refused refused "double backward" python train.py fit --confi
   --trainer.logger.init_args.name mwnet_compile_refused
 step mwnet_half python train.py fit --config configs/mwnet/base.yaml --config configs/mwnet/cifar10_asym40.yaml \
   "${COMMON[@]}" "${SIZE[@]}" "${META[@]}" --trainer.logger.init_args.name mwnet_half --trainer.precision "$HALF"
+SUITE=(python -m pytest -q -p no:cacheprovider --basetemp "$OUT/pytest")
+step resume_exact env NLL_TEST_ACCELERATOR="$DEVICE" CUBLAS_WORKSPACE_CONFIG=:4096:8 "${SUITE[@]}" \
+  tests/test_resume.py "${RESUME[@]}"
+GPUS=$([ "$DEVICE" = gpu ] && python -c 'import torch; print(torch.cuda.device_count())' || echo 0)
+if [ "$DEVICE" = cpu ] || [ "$GPUS" -ge 2 ]; then  # on the CPU: two gloo processes, at smoke size
+  # DETAIL on gloo makes DistributedDataParallel's constructor segfault in torch 2.14.1 (reproduced with a
+  # Linear layer and two spawned processes, in Logger.set_construction_data_and_log); INFO does not
+  DEBUG_LEVEL=$([ "$DEVICE" = gpu ] && echo DETAIL || echo INFO)
+  step ddp_matrix env NLL_TEST_ACCELERATOR="$DEVICE" TORCH_DISTRIBUTED_DEBUG=$DEBUG_LEVEL CUBLAS_WORKSPACE_CONFIG=:4096:8 \
+    "${SUITE[@]}" "${DDP_TESTS[@]}"
+else
+  printf '| ddp_matrix | skipped: %s GPU | | |\n' "$GPUS" >> "$ROWS"
+fi
 
 echo
 echo "GPU check on $( [ "$DEVICE" = gpu ] && python -c 'import torch; print(torch.cuda.get_device_name(0))' || echo CPU ), $(date -u +%F)"

@@ -16,6 +16,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 
+# Where the subprocess runs train: "cpu" (2 processes on gloo) in the suite; scripts/gpu_check.sh sets
+# NLL_TEST_ACCELERATOR=gpu to run the same kill-and-resume and 2-process tests on CUDA (NCCL).
+ACCELERATOR = os.environ.get("NLL_TEST_ACCELERATOR", "cpu")
+if ACCELERATOR not in ("cpu", "gpu"):
+    raise ValueError(f"NLL_TEST_ACCELERATOR must be cpu or gpu, got {ACCELERATOR!r}")
+
 
 class Hung(AssertionError):
     """The run did not finish within its timeout (its whole process group was killed)."""

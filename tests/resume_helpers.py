@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from process_group import ACCELERATOR
+
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 
@@ -28,7 +30,7 @@ def write_config(tmp: Path, data_dir: Path, model: dict, max_epochs: int = 2, ex
     config = {
         "seed_everything": 0,
         "trainer": {
-            "accelerator": "cpu",
+            "accelerator": ACCELERATOR,
             "devices": 1,
             "max_epochs": max_epochs,
             "deterministic": True,

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-from process_group import REPO, train_in_group
+from process_group import ACCELERATOR, REPO, train_in_group
 
 N_TEST = 200  # tests/fake_cifar.py
 # s; a finished 1-epoch 2-process run took 45 s on a 2-core machine, up to 4 min under heavy load
 HARD_TIMEOUT = 480
-DDP = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+DDP = ["--trainer.accelerator", ACCELERATOR, "--trainer.devices", "2", "--trainer.strategy", "ddp",
        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 TINY = ["--data.init_args.download", "false", "--data.init_args.train_subset", "null",
         "--data.init_args.val_size", "100", "--data.init_args.batch_size", "32",
@@ -44,7 +44,8 @@ def fit_two_processes(tmp: Path, data_dir: Path, configs: list[str], extra: list
 
 
 def rank_states(tmp: Path) -> list[dict]:
-    states = [torch.load(tmp / "state" / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    # on the CPU: on CUDA each rank saved from its own device
+    states = [torch.load(tmp / "state" / f"rank{r}.pt", map_location="cpu", weights_only=False) for r in (0, 1)]
     assert [s["world_size"] for s in states] == [2, 2]
     return states
 

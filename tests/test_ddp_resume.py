@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from process_group import train_in_group
+from process_group import ACCELERATOR, train_in_group
 from resume_helpers import CLASSIFIER, kill_callback, run_dir, write_config
 
-DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", ACCELERATOR]
 TIMEOUT = 900  # s per run: minutes on a loaded 2-core machine
 
 

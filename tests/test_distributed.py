@@ -17,9 +17,10 @@ from torch.utils.data import DistributedSampler
 from datamodules import NoisyCIFAR10
 from datamodules.resumable import eval_sampler
 from lightning_modules import Classifier
+from process_group import ACCELERATOR
 from resume_helpers import CLASSIFIER, checked, run_dir, train, write_config
 
-DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", ACCELERATOR]
 
 
 def dump_args(folder) -> list[str]:

@@ -19,6 +19,7 @@ from sklearn.mixture import GaussianMixture
 from datamodules import NoisyCIFAR10
 from lightning_modules import DivideMix
 from lightning_modules.backbones import CNN, MLP
+from process_group import ACCELERATOR
 from resume_helpers import checked, final_weights, kill_callback, run_dir, train, write_config
 
 BACKBONE = {"class_path": "lightning_modules.backbones.CNN", "init_args": {"n_outputs": 10, "width": 0.125}}
@@ -224,7 +225,7 @@ def test_dividemix_sigkill_then_resume_equals_uninterrupted_run(fake_cifar10_dir
 def test_dividemix_under_two_process_ddp_gathers_every_samples_loss(fake_cifar10_dir, tmp_path):
     config = write_config(tmp_path, fake_cifar10_dir, DIVIDEMIX, max_epochs=2,
                           extra_data={"val_size": 101, **TWO_VIEWS})
-    ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
+    ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", ACCELERATOR,
            "--trainer.callbacks+=dividemix_probe.DumpDivision", f"--trainer.callbacks.folder={tmp_path / 'view'}"]
     checked(train(["fit", "--config", str(config), *ddp], tmp_path, timeout=600))
     ranks = [json.loads((tmp_path / "view" / f"rank{r}.json").read_text()) for r in (0, 1)]

@@ -9,11 +9,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = ["bench", "fast_cifar10", "coteaching_reference", "coteaching_plus_auto_half", "simclr_resnet18",
-         "mwnet_compile_refused", "mwnet_half"]
+         "mwnet_compile_refused", "mwnet_half", "resume_exact", "ddp_matrix"]
 
 
 def test_gpu_check_runs_every_step_at_smoke_size(tmp_path, fake_cifar10_dir):
-    env = dict(os.environ, DATA_DIR=str(fake_cifar10_dir), OUT=str(tmp_path / "out"), OMP_NUM_THREADS="1")
+    out = tmp_path / "out"
+    env = dict(os.environ, DATA_DIR=str(fake_cifar10_dir), OUT=str(out), OMP_NUM_THREADS="1")
     proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--device", "cpu", "--smoke"], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -22,6 +23,9 @@ def test_gpu_check_runs_every_step_at_smoke_size(tmp_path, fake_cifar10_dir):
     assert list(rows) == STEPS
     assert all(r[0] == "ok" and float(r[1]) > 0 for r in rows.values())
     assert rows["fast_cifar10"][2] != ""  # the fast recipe reports its test accuracy
+    # the suite's kill-and-resume and 2-process tests ran on the chosen device (gloo here), one each at smoke size
+    assert "1 passed" in (out / "resume_exact.log").read_text()
+    assert "1 passed" in (out / "ddp_matrix.log").read_text()
     assert re.search(r"airbench\s+bf16\s+[\d.]+ s/epoch\s+[\d.]+x vs fp32", proc.stdout)
 
 
