@@ -302,14 +302,17 @@ class CoTeaching(NoisyLabelMethod):
     # ----------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Add what the weights, optimisers and loop state do not hold: the (estimated) forget
-        rate and the loss record of an unfinished estimate, merged over processes (only rank 0's
-        checkpoint is written). ``Trainer.save_checkpoint`` runs on every process, so the merge may
-        gather. (RNG states: ``callbacks/exact_resume.py``, a default callback of train.py.)"""
+        rate, the loss record of an unfinished estimate and the selection counts, each merged over
+        processes (only rank 0's checkpoint is written). ``Trainer.save_checkpoint`` runs on every
+        process, so the merges may gather. (RNG states: ``callbacks/exact_resume.py``.)"""
         record = None if self._loss_record is None else self.merged_loss_record()
+        selection = self._selection
+        if selection is not None and self.trainer.world_size > 1:  # each process counted its own share
+            selection = self.trainer.strategy.reduce(selection.clone(), reduce_op="sum")
         checkpoint[CKPT_KEY] = {
             "forget_rate": self.forget_rate,
             "loss_record": None if record is None else record.cpu(),
-            "selection": None if self._selection is None else self._selection.cpu(),
+            "selection": None if selection is None else selection.cpu(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -320,6 +323,8 @@ class CoTeaching(NoisyLabelMethod):
         record = state.get("loss_record")
         self._loss_record = None if record is None else record.to(self.device)
         selection = state.get("selection")
+        if selection is not None and self.global_rank > 0:
+            selection = torch.zeros_like(selection)  # the merged counts live on rank 0: summed once
         self._selection = None if selection is None else selection.to(self.device)
 
 def check_arguments(

@@ -86,3 +86,38 @@ def test_checkpoints_are_read_onto_the_cpu_whatever_device_saved_them(tmp_path, 
     cpu_storage = torch.ones(1).untyped_storage()
     # what torch.load does with a storage saved on cuda:0: the map_location keeps it where it is (CPU)
     assert seen["map_location"](cpu_storage, "cuda:0") is cpu_storage
+
+
+def test_coteaching_selection_counts_are_counted_once_after_a_two_process_resume():
+    """Each process counts the small-loss picks of its own share of the samples; detection sums the counts
+    over processes. The checkpoint (rank 0 writes it) must hold the sum, and on resume only one process may
+    take it back, or the counts before the kill are lost for rank 1's share and doubled for rank 0's."""
+    from types import SimpleNamespace
+
+    from lightning_modules import CoTeaching
+    from lightning_modules.backbones import MLP
+
+    # row 0: places offered (2 per step the sample was in), row 1: places taken; 4 samples
+    share0 = torch.tensor([[2.0, 0.0, 4.0, 0.0], [1.0, 0.0, 3.0, 0.0]])  # rank 0 trained on samples 0 and 2
+    share1 = torch.tensor([[0.0, 2.0, 0.0, 2.0], [0.0, 2.0, 0.0, 0.0]])  # rank 1 on samples 1 and 3
+
+    def summed(tensor, reduce_op):
+        assert reduce_op == "sum"
+        return share0 + share1  # what a sum over the two processes gives rank 0
+
+    def module(rank, selection=None):
+        m = CoTeaching(MLP(input_channel=2, n_outputs=4, image_size=1, hidden=(8,)), num_classes=4)
+        m._trainer = SimpleNamespace(world_size=2, global_rank=rank, strategy=SimpleNamespace(reduce=summed))
+        m._selection = selection
+        return m
+
+    saved: dict = {}
+    module(0, share0.clone()).on_save_checkpoint(saved)
+    (state,) = saved.values()
+    assert torch.equal(state["selection"], share0 + share1)
+    restored = []
+    for rank in (0, 1):  # every process loads the same file
+        m = module(rank)
+        m.on_load_checkpoint(saved)
+        restored.append(m._selection)
+    assert torch.equal(restored[0] + restored[1], share0 + share1)
