@@ -30,7 +30,7 @@ How the reference's loop maps onto one Lightning loop (the departures, and why):
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +76,10 @@ class DivideMix(NoisyLabelMethod):
         lr_milestones, lr_gamma: the lr is multiplied by ``lr_gamma`` at each milestone epoch
             (reference: 0.1 at epoch 150 of 300); with ``optimizer``, the ``multistep`` schedule's.
         gmm_seed: seed of the mixture's initialisation.
+        division: ``gmm`` (the method) or ``oracle``, a diagnostic that is not DivideMix: both networks
+            train on the true division (labelled = the given label is the clean one), read from the
+            datamodule's clean labels. It bounds what a perfect co-divide would give the MixMatch part
+            under the same budget; report it only as an oracle.
         init_from, freeze_backbone, backbone_lr: as in ``Classifier``, for both networks.
         optimizer: ``None`` (default): the reference SGD plan above. An optimiser factory instead: one
             optimiser per network with the per-step schedule below (``backbone_lr`` needs one).
@@ -106,6 +110,7 @@ class DivideMix(NoisyLabelMethod):
         lr_milestones: Sequence[int] = (150,),
         lr_gamma: float = 0.1,
         gmm_seed: int = 0,
+        division: Literal["gmm", "oracle"] = "gmm",
         init_from: str | None = None,
         optimizer: OptimizerCallable | None = None,
         lr_schedule: ScheduleName = "constant",
@@ -120,7 +125,8 @@ class DivideMix(NoisyLabelMethod):
         super().__init__()
         backbone = bb.from_spec(backbone)  # a module, or its spec from a checkpoint's hyper-parameters
         check_arguments(warmup_epochs, p_threshold, temperature, alpha, lambda_u, rampup_length, prior_weight,
-                        confidence_penalty, loss_history, lr, momentum, weight_decay, lr_milestones, lr_gamma)
+                        confidence_penalty, loss_history, lr, momentum, weight_decay, lr_milestones, lr_gamma,
+                        division)
         self.save_hyperparameters(ignore=["backbone", "optimizer"])
         self.automatic_optimization = False
         self.net1, self.net2 = self.keep_backbone_spec(backbone), bb.reinitialise(copy.deepcopy(backbone))
@@ -146,6 +152,8 @@ class DivideMix(NoisyLabelMethod):
             )
         for name in ("train_eval_dataloader", "eval_transform", "train_indices"):
             c.require(dm, name, "DivideMix's co-divide")
+        if self.hparams.get("division", "gmm") == "oracle":
+            c.require(dm, "clean_targets", "DivideMix's division: oracle")
         if c.offers(dm, "train_transform") and not isinstance(dm.train_transform, TwoViews):
             raise ValueError(
                 "DivideMix needs two augmented views per training image: set data.init_args.augmentation: "
@@ -207,8 +215,13 @@ class DivideMix(NoisyLabelMethod):
         clean probability per sample (network k's division trains the other network)."""
         dm = self.trainer.datamodule
         train_index = dm.train_indices.to(self.device)
-        losses = self.per_sample_losses()[:, train_index]
         prob = torch.zeros(2, len(dm.noisy_targets), dtype=torch.float32, device=self.device)
+        if self.hparams.get("division", "gmm") == "oracle":
+            truly_clean = (dm.noisy_targets == dm.clean_targets).to(self.device)[train_index]
+            prob[:, train_index] = truly_clean.float()
+            self.clean_prob, self.division_epoch = prob, self.current_epoch
+            return
+        losses = self.per_sample_losses()[:, train_index]
         for k in range(2):
             history = self.loss_history[k] + [dmm.normalise_losses(losses[k]).cpu()]
             self.loss_history[k] = history[-self.hparams.loss_history:]
@@ -363,8 +376,11 @@ class DivideMix(NoisyLabelMethod):
 
 
 def check_arguments(warmup_epochs, p_threshold, temperature, alpha, lambda_u, rampup_length, prior_weight,
-                    confidence_penalty, loss_history, lr, momentum, weight_decay, lr_milestones, lr_gamma) -> None:
+                    confidence_penalty, loss_history, lr, momentum, weight_decay, lr_milestones, lr_gamma,
+                    division) -> None:
     """Fail at construction with the offending value and what is allowed."""
+    if division not in ("gmm", "oracle"):
+        raise ValueError(f"division must be gmm or oracle, got {division!r}")
     if int(warmup_epochs) != warmup_epochs or warmup_epochs < 0:
         raise ValueError(f"warmup_epochs must be an integer >= 0, got {warmup_epochs}")
     dmm.check_probability("p_threshold", p_threshold)

@@ -161,6 +161,25 @@ def test_division_is_the_mixture_posterior_of_each_networks_eval_losses(fitted):
     assert prob[truly_clean].mean() > prob[~truly_clean].mean()
 
 
+def test_oracle_division_labels_exactly_the_samples_whose_given_label_is_clean(fake_cifar10_dir):
+    """The diagnostic ``division: oracle`` hands both networks the true split, with no mixture."""
+    torch.manual_seed(0)
+    model = DivideMix(CNN(n_outputs=10, width=0.125), warmup_epochs=1, rampup_length=1.0, division="oracle")
+    dm = fake_datamodule(fake_cifar10_dir)
+    recorder = RecordMixMatch()
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=2, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_train_batches=2,
+                         limit_val_batches=1, callbacks=[recorder])
+    trainer.fit(model, datamodule=dm)
+    truly_clean = (dm.noisy_targets == dm.clean_targets).float()
+    expected = torch.zeros_like(truly_clean)
+    expected[dm.train_indices] = truly_clean[dm.train_indices]  # validation images are never divided
+    assert 0 < expected.sum() < len(dm.train_indices)  # some labels flipped, some not
+    assert model.division_epoch == 1 and len(recorder.calls) == 2 * 2
+    for _, _, clean_prob, _ in recorder.calls:
+        assert torch.equal(clean_prob, expected)
+
+
 def test_bad_input_is_refused_early(fake_cifar10_dir):
     with pytest.raises(ValueError, match="p_threshold must be a number in \\[0, 1\\], got 1.5"):
         tiny_model(p_threshold=1.5)
@@ -168,6 +187,8 @@ def test_bad_input_is_refused_early(fake_cifar10_dir):
         tiny_model(loss_history=0)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         tiny_model(temperature=0.0)
+    with pytest.raises(ValueError, match="division must be gmm or oracle, got 'truth'"):
+        tiny_model(division="truth")
     kw = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
     model = DivideMix(CNN(n_outputs=10, width=0.125), warmup_epochs=2)
     with pytest.raises(ValueError, match="max_epochs 2 leaves no epoch after warmup_epochs 2"):
