@@ -15,6 +15,9 @@
    (AUROC of that score and precision / recall / F1 of cleanlab's flags against the known flips), and
    ``noisy_labels.npz`` with the flagged samples relabelled to the suggestion: train any method on it
    with ``--data.init_args.noisy_labels_path <out>/noisy_labels.npz``.
+
+Called again with the same ``--out``, it skips the folds that wrote their predictions and resumes a
+fold that was killed from its ``last.ckpt``.
 """
 
 from __future__ import annotations
@@ -106,9 +109,16 @@ def main(argv: list[str] | None = None) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     labels: Path | None = None
     for fold in range(args.folds):
-        cmd = [sys.executable, str(REPO / "train.py"), "fit", *train_args, *fold_args(out, args.folds, fold, labels)]
-        print(f"fold {fold + 1}/{args.folds}: {' '.join(cmd)}", flush=True)
-        subprocess.run(cmd, check=True, env=env)
+        run = out / f"fold{fold}" / "run"
+        if (run / HELDOUT_FILE).is_file():  # finished by an earlier call: an interrupted K-fold resumes
+            print(f"fold {fold + 1}/{args.folds}: done ({run / HELDOUT_FILE})", flush=True)
+        else:
+            cmd = [sys.executable, str(REPO / "train.py"), "fit", *train_args,
+                   *fold_args(out, args.folds, fold, labels)]
+            if (run / "checkpoints" / "last.ckpt").is_file():
+                cmd += ["--ckpt_path", "last"]  # killed mid-run: resume it exactly
+            print(f"fold {fold + 1}/{args.folds}: {' '.join(cmd)}", flush=True)
+            subprocess.run(cmd, check=True, env=env)
         if labels is None:
             labels = out / "fold0" / "run" / "noisy_labels.npz"
     index, probs, given = join_folds([out / f"fold{k}" / "run" / HELDOUT_FILE for k in range(args.folds)])

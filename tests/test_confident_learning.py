@@ -157,3 +157,9 @@ def test_script_runs_k_folds_of_train_py_and_writes_usable_labels(fake_cifar10_d
     fixed.setup("fit")
     assert fixed.actual_noise_rate == pytest.approx(result["noise_rate_after"])
     assert result["num_samples"] == len(dm.train_indices)
+    # called again, it trains nothing (every fold wrote its predictions) and reports the same
+    script = load_script()
+    monkeypatch.setattr(script.subprocess, "run", lambda *a, **k: pytest.fail(f"retrained a finished fold: {a}"))
+    again = script.main(["--out", str(tmp_path / "cl"), "--folds", "2", "--", "--config", str(config),
+                         "--trainer.callbacks", "[]"])
+    assert again == result
