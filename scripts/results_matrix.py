@@ -166,16 +166,30 @@ def run_cell(spec: dict, cell: Cell) -> None:
     print(f"[{cell.index}] {cell.row['name']} / {cell.method['name']} / seed {cell.seed}: {' '.join(cmd[1:])}",
           flush=True)
     cell.folder.mkdir(parents=True, exist_ok=True)
+    timing = cell.folder / "wall_time.json"
+    earlier = kept_seconds(timing, cell.run_dir / "checkpoints" / "last.ckpt")
     start = time.time()
+    # left behind if this attempt is killed: the next one then counts it up to its last checkpoint
+    timing.write_text(json.dumps({"seconds": earlier, "running_since": start}))
     with open(cell.folder / "train.log", "a") as log:
         proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         raise SystemExit(f"cell {cell.index} failed (exit {proc.returncode}); see {cell.folder / 'train.log'}")
-    timing = cell.folder / "wall_time.json"
-    spent = time.time() - start
-    if timing.is_file():  # a resumed cell: add the earlier attempts' time
-        spent += json.loads(timing.read_text()).get("seconds", 0.0)
-    timing.write_text(json.dumps({"seconds": spent}))
+    timing.write_text(json.dumps({"seconds": earlier + time.time() - start}))
+
+
+def kept_seconds(timing: Path, last_ckpt: Path) -> float:
+    """Wall time of a cell's earlier attempts whose work was kept: a finished attempt in full, an
+    interrupted one (``running_since`` still set) up to its last checkpoint, since what it did after
+    that checkpoint is done again by the resumed run."""
+    if not timing.is_file():
+        return 0.0
+    record = json.loads(timing.read_text())
+    seconds = float(record.get("seconds", 0.0))
+    since = record.get("running_since")
+    if since is not None and last_ckpt.is_file():
+        seconds += max(0.0, last_ckpt.stat().st_mtime - since)
+    return seconds
 
 
 def labels_digest(path: Path) -> str:

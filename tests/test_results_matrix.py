@@ -130,3 +130,24 @@ def test_matrix_file_errors_name_the_problem(tmp_path, spec, message):
     proc = subprocess.run([sys.executable, str(SCRIPT), "list", str(path)], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode != 0 and message in proc.stderr
+
+
+def test_wall_time_of_a_resumed_cell_counts_each_attempt_up_to_the_work_it_kept(tmp_path, monkeypatch):
+    import importlib.util
+    import os
+
+    spec = importlib.util.spec_from_file_location("results_matrix", SCRIPT)
+    matrix = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "results_matrix", matrix)  # its dataclasses look themselves up there
+    spec.loader.exec_module(matrix)
+    timing, ckpt = tmp_path / "wall_time.json", tmp_path / "last.ckpt"
+    assert matrix.kept_seconds(timing, ckpt) == 0.0  # never started
+    timing.write_text(json.dumps({"seconds": 100.0}))
+    assert matrix.kept_seconds(timing, ckpt) == 100.0  # finished attempts
+    # an attempt started at t = 5000 and was killed; its last checkpoint was written at t = 5600
+    timing.write_text(json.dumps({"seconds": 100.0, "running_since": 5000.0}))
+    ckpt.write_bytes(b"")
+    os.utime(ckpt, (5600.0, 5600.0))
+    assert matrix.kept_seconds(timing, ckpt) == pytest.approx(700.0)
+    os.utime(ckpt, (4000.0, 4000.0))  # killed before it saved anything: its time bought nothing
+    assert matrix.kept_seconds(timing, ckpt) == pytest.approx(100.0)
