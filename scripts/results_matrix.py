@@ -18,6 +18,9 @@ MATRIX.yaml::
         args: [--data.init_args.noise_type, symmetric, --data.init_args.noise_rate, "0.5"]
         published: {coteaching: 74.49}             # figures to set beside ours (optional)
         seeds: [0, 1, 2]                           # optional: this row's seeds
+      - name: sym50_cleaned
+        labels: runs/cleanlab/sym50/noisy_labels.npz  # optional: the row trains on these saved labels
+        args: []                                   # (e.g. scripts/confident_learning.py's corrected ones)
     methods:
       - name: ce
       - name: coteaching
@@ -26,7 +29,8 @@ MATRIX.yaml::
         rows: [sym50]                              # optional: only these rows
 
 Every method of a row trains on the same labels: before any cell of a row runs,
-the row's ``noisy_labels.npz`` is drawn once (``OUT/ROW/noisy_labels.npz``) and every
+the row's ``noisy_labels.npz`` is drawn once, or copied from the row's ``labels``
+(``OUT/ROW/noisy_labels.npz``), and every
 cell gets it as ``noisy_labels_path``; the table checks each run's saved labels
 against it. A cell is done when ``OUT/ROW/METHOD/seedS/version_0/test_results.json``
 exists; a cell with a checkpoint but no results resumes from ``last.ckpt``, so an
@@ -127,6 +131,14 @@ def draw_row_labels(spec: dict, row: dict) -> Path:
     """Draw the row's noisy labels once, with the row's data settings, and write them (atomically)."""
     path = row_labels_file(spec, row)
     if path.is_file():
+        return path
+    if "labels" in row:  # a copy, so that the row's digest and the runs' saved labels are checked as any row's
+        if not Path(row["labels"]).is_file():
+            raise SystemExit(f"row {row['name']!r}: its labels {row['labels']} do not exist (write them first)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(Path(row["labels"]).read_bytes())
+        os.replace(tmp, path)
         return path
     from datamodules.noisy_dataset import save_noisy_labels  # imported here: `table` needs no torch
     from train import main

@@ -132,14 +132,35 @@ def test_matrix_file_errors_name_the_problem(tmp_path, spec, message):
     assert proc.returncode != 0 and message in proc.stderr
 
 
-def test_wall_time_of_a_resumed_cell_counts_each_attempt_up_to_the_work_it_kept(tmp_path, monkeypatch):
+def _module(monkeypatch):
     import importlib.util
-    import os
 
     spec = importlib.util.spec_from_file_location("results_matrix", SCRIPT)
     matrix = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "results_matrix", matrix)  # its dataclasses look themselves up there
     spec.loader.exec_module(matrix)
+    return matrix
+
+
+def test_a_row_with_saved_labels_trains_on_a_copy_of_them(tmp_path, monkeypatch):
+    matrix = _module(monkeypatch)
+    source = tmp_path / "cleaned.npz"
+    np.savez(source, noisy_targets=np.array([3, 1, 2]), clean_targets=np.array([3, 1, 1]))
+    spec = {"out_dir": str(tmp_path / "out"), "rows": [{"name": "cleaned", "labels": str(source)}]}
+    path = matrix.draw_row_labels(spec, spec["rows"][0])
+    assert path == tmp_path / "out" / "cleaned" / "noisy_labels.npz"
+    assert path.read_bytes() == source.read_bytes()
+    spec["rows"][0]["labels"] = str(tmp_path / "missing.npz")
+    path.unlink()
+    with pytest.raises(SystemExit, match="row 'cleaned': its labels .*missing.npz do not exist"):
+        matrix.draw_row_labels(spec, spec["rows"][0])
+    assert not path.exists()
+
+
+def test_wall_time_of_a_resumed_cell_counts_each_attempt_up_to_the_work_it_kept(tmp_path, monkeypatch):
+    import os
+
+    matrix = _module(monkeypatch)
     timing, ckpt = tmp_path / "wall_time.json", tmp_path / "last.ckpt"
     assert matrix.kept_seconds(timing, ckpt) == 0.0  # never started
     timing.write_text(json.dumps({"seconds": 100.0}))
