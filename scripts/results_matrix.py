@@ -3,6 +3,7 @@
 
     python scripts/results_matrix.py run    MATRIX.yaml              # every cell not yet done, one after another
     python scripts/results_matrix.py run    MATRIX.yaml --cell 3     # one cell (what a SLURM array task runs)
+    python scripts/results_matrix.py run    MATRIX.yaml --cell sym50/ce/0   # the same by name: row/method/seed
     python scripts/results_matrix.py slurm  MATRIX.yaml              # write labels + an sbatch job-array script
     python scripts/results_matrix.py table  MATRIX.yaml              # results.md, results.csv, accuracy_vs_noise.png
 
@@ -341,11 +342,24 @@ srun --cpus-per-task=$SLURM_CPUS_PER_TASK python scripts/results_matrix.py run \
     return script
 
 
+def find_cell(all_cells: list[Cell], key: str) -> Cell:
+    """The cell named by its index (``3``) or by ``ROW/METHOD/SEED`` (``sym50/ce/0``)."""
+    if key.isdigit():
+        if int(key) >= len(all_cells):
+            raise SystemExit(f"--cell must be in 0..{len(all_cells) - 1} or ROW/METHOD/SEED, got {key}")
+        return all_cells[int(key)]
+    named = {f"{c.row['name']}/{c.method['name']}/{c.seed}": c for c in all_cells}
+    if key not in named:
+        raise SystemExit(f"--cell {key}: no such cell; `list` shows them (ROW/METHOD/SEED, e.g. {next(iter(named))})")
+    return named[key]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["run", "table", "slurm", "list"])
     parser.add_argument("matrix", help="the matrix YAML")
-    parser.add_argument("--cell", type=int, help="run only this cell (index from `list`)")
+    parser.add_argument("--cell", help="run only this cell: its index from `list`, or ROW/METHOD/SEED (a name "
+                        "stays the same cell when rows or methods are added to the file; an index may not)")
     args = parser.parse_args(argv)
     spec = load_matrix(args.matrix)
     todo = cells(spec)
@@ -354,9 +368,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{c.index}\t{c.row['name']}\t{c.method['name']}\tseed {c.seed}\t{'done' if c.done else 'todo'}")
     elif args.command == "run":
         if args.cell is not None:
-            if not 0 <= args.cell < len(todo):
-                raise SystemExit(f"--cell must be in 0..{len(todo) - 1}, got {args.cell}")
-            todo = [todo[args.cell]]
+            todo = [find_cell(todo, args.cell)]
         for cell in todo:
             run_cell(spec, cell)
         write_table(spec)

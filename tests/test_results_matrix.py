@@ -172,3 +172,17 @@ def test_wall_time_of_a_resumed_cell_counts_each_attempt_up_to_the_work_it_kept(
     assert matrix.kept_seconds(timing, ckpt) == pytest.approx(700.0)
     os.utime(ckpt, (4000.0, 4000.0))  # killed before it saved anything: its time bought nothing
     assert matrix.kept_seconds(timing, ckpt) == pytest.approx(100.0)
+
+
+def test_a_cell_is_found_by_index_or_by_row_method_seed(tmp_path, monkeypatch):
+    matrix = _module(monkeypatch)
+    spec = {"out_dir": str(tmp_path), "seeds": [0, 1],
+            "rows": [{"name": "sym50"}, {"name": "worst"}], "methods": [{"name": "ce"}, {"name": "gce"}]}
+    all_cells = matrix.cells(spec)
+    cell = matrix.find_cell(all_cells, "worst/gce/1")
+    assert (cell.row["name"], cell.method["name"], cell.seed, cell.index) == ("worst", "gce", 1, 7)
+    assert matrix.find_cell(all_cells, "2") is all_cells[2]
+    with pytest.raises(SystemExit, match="--cell sym50/gce/5: no such cell"):
+        matrix.find_cell(all_cells, "sym50/gce/5")
+    with pytest.raises(SystemExit, match="--cell must be in 0..7 or ROW/METHOD/SEED, got 8"):
+        matrix.find_cell(all_cells, "8")
