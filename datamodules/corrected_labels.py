@@ -1,5 +1,6 @@
-"""A corrected ``noisy_labels.npz``: the labels of a run with some samples relabelled, in the format
-``data.noisy_labels_path`` reads, so that any method can train on the cleaned labels."""
+"""A corrected ``noisy_labels.npz``: the labels of a run with some samples relabelled or pruned (left out
+of training), in the format ``data.noisy_labels_path`` reads, so that any method can train on the
+cleaned labels."""
 
 from __future__ import annotations
 
@@ -12,10 +13,14 @@ from . import noise
 from .atomic_files import atomic_savez
 
 
-def write_corrected_labels(source: Path, out: Path, index: np.ndarray, new_labels: np.ndarray) -> dict:
-    """Copy ``source`` (a run's ``noisy_labels.npz``) to ``out`` with ``noisy_targets[index] = new_labels``;
-    ``noise_selected``, the (empirical) transition matrix and ``actual_noise_rate`` are recomputed from
-    the new labels. Returns the measured noise rate before and after (against the clean labels)."""
+def write_corrected_labels(source: Path, out: Path, index: np.ndarray, new_labels: np.ndarray,
+                           prune: bool = False) -> dict:
+    """Copy ``source`` (a run's ``noisy_labels.npz``) to ``out`` with ``noisy_targets[index] = new_labels``,
+    or with ``prune`` the samples at ``index`` marked ``excluded`` (labels kept as they were; the
+    datamodule leaves them out of training). ``noise_selected``, the (empirical) transition matrix and
+    ``actual_noise_rate`` are recomputed from the labels. Returns the measured noise rate over all labels
+    of the file before and after (pruned samples not counted after); ``measured_noise`` gives it for a
+    subset such as the training set."""
     with np.load(source, allow_pickle=False) as z:
         data = {k: z[k] for k in z.files}
     missing = {"noisy_targets", "clean_targets"} - set(data)
@@ -29,8 +34,14 @@ def write_corrected_labels(source: Path, out: Path, index: np.ndarray, new_label
     if len(new_labels) and (new_labels.min() < 0 or new_labels.max() >= num_classes):
         raise ValueError(f"new labels must be in 0..{num_classes - 1}")
     before = float((noisy != clean).mean())
-    changed = int((noisy[index] != new_labels).sum())
-    noisy[index] = new_labels
+    if prune:
+        excluded = data.get("excluded", np.zeros(len(noisy), dtype=bool)).copy()
+        changed = int((~excluded[index]).sum())
+        excluded[index] = True
+        data["excluded"] = excluded
+    else:
+        changed = int((noisy[index] != new_labels).sum())
+        noisy[index] = new_labels
     data["noisy_targets"] = noisy
     data["noise_selected"] = noisy != clean
     data["transition_matrix"] = noise.empirical_transition_matrix(
@@ -39,5 +50,17 @@ def write_corrected_labels(source: Path, out: Path, index: np.ndarray, new_label
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_savez(out, **data)
-    return {"noise_rate_before": before, "noise_rate_after": float((noisy != clean).mean()),
-            "relabelled": int(len(index)), "changed": changed}
+    kept = ~data.get("excluded", np.zeros(len(noisy), dtype=bool))
+    return {"noise_rate_before": before, "noise_rate_after": float((noisy[kept] != clean[kept]).mean()),
+            "fix": "prune" if prune else "relabel", "relabelled": 0 if prune else int(len(index)),
+            "pruned": int(len(index)) if prune else 0, "changed": changed}
+
+
+def measured_noise(source: Path, among: np.ndarray | None = None) -> float:
+    """Fraction of wrong labels in a ``noisy_labels.npz`` (among ``among``, less pruned samples)."""
+    with np.load(source, allow_pickle=False) as z:
+        noisy, clean = z["noisy_targets"], z["clean_targets"]
+        kept = ~z["excluded"] if "excluded" in z.files else np.ones(len(noisy), dtype=bool)
+    rows = np.arange(len(noisy)) if among is None else np.asarray(among, dtype=np.int64)
+    rows = rows[kept[rows]]
+    return float((noisy[rows] != clean[rows]).mean())

@@ -68,7 +68,9 @@ class NoisyDataModule(pl.LightningDataModule):
         noise_type: clean | symmetric | uniform | pairflip | asymmetric | human.
         noise_rate: probability r that a label is redrawn (synthetic noise only).
         noise_seed: seed of the noise draw; identical on every process.
-        noisy_labels_path: a ``noisy_labels.npz`` written by an earlier run, to reuse its exact noise.
+        noisy_labels_path: a ``noisy_labels.npz`` written by an earlier run, to reuse its exact noise. One
+            with an ``excluded`` mask (``corrected_labels.write_corrected_labels(prune=True)``) also leaves
+            those samples out of training.
         augmentation: training transform, run batched on the device: ``crop_flip`` (4 px
             reflect-padded crop + flip), ``crop_flip_twice`` (two such views, ``image`` and ``image2``:
             DivideMix) or ``none``; see ``train_augmentations.TRAIN_AUGMENTATIONS``.
@@ -156,6 +158,7 @@ class NoisyDataModule(pl.LightningDataModule):
         self.clean_known: torch.Tensor | None = None  # bool per training sample: is its clean label verified
         self.noisy_targets: torch.Tensor | None = None
         self.noise_selected: torch.Tensor | None = None
+        self.excluded: torch.Tensor | None = None  # [N] bool: samples a pruned label file leaves out of training
         self.transition_matrix: torch.Tensor | None = None
         self.actual_noise_rate: float | None = None
         self.train_indices: torch.Tensor | None = None
@@ -252,6 +255,11 @@ class NoisyDataModule(pl.LightningDataModule):
         if matrix.shape != (self.num_classes, self.num_classes) or int(noisy.max()) >= self.num_classes:
             raise ValueError(f"{path} has labels or a matrix for another class count than {self.num_classes}")
         self.noisy_targets, self.transition_matrix, self.noise_selected = noisy, matrix, selected
+        if "excluded" in z:
+            excluded = torch.from_numpy(z["excluded"]).bool()
+            if excluded.shape != noisy.shape:
+                raise ValueError(f"{path}: its excluded mask has {len(excluded)} entries for {len(noisy)} labels")
+            self.excluded = excluded
 
     def _split(self) -> None:
         """Validation (held out of train, or the dataset's own split), meta set, subset, folds."""
@@ -269,6 +277,8 @@ class NoisyDataModule(pl.LightningDataModule):
             self.clean_targets, trusted, hp.meta_size, self.num_classes, hp.meta_seed, self.class_names
         )
         self.train_indices = pool[~torch.isin(pool, self.meta_indices)]
+        if self.excluded is not None:  # pruned labels: those samples are not trained on
+            self.train_indices = self.train_indices[~self.excluded[self.train_indices]]
         if hp.train_subset is not None:
             if not 0 < hp.train_subset <= len(self.train_indices):
                 raise ValueError(f"train_subset must be in 1..{len(self.train_indices)}, got {hp.train_subset}")
@@ -410,4 +420,5 @@ def save_noisy_labels(dm: NoisyDataModule, path: Path) -> None:
         noise_rate=np.array(hp.noise_rate),
         noise_seed=np.array(hp.noise_seed),
         actual_noise_rate=np.array(dm.actual_noise_rate),
+        **({} if getattr(dm, "excluded", None) is None else {"excluded": dm.excluded.numpy()}),
     )

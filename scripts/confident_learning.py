@@ -12,9 +12,10 @@
    ``pip install -e ".[cleanlab]"``), ranked by self-confidence.
 3. Written to ``--out``: ``suspected_mislabelled.csv`` (index, given label, suggested label = argmax of
    the out-of-sample probabilities, score = their probability of the given label), ``detection.json``
-   (AUROC of that score and precision / recall / F1 of cleanlab's flags against the known flips), and
-   ``noisy_labels.npz`` with the flagged samples relabelled to the suggestion: train any method on it
-   with ``--data.init_args.noisy_labels_path <out>/noisy_labels.npz``.
+   (AUROC of that score and precision / recall / F1 of cleanlab's flags against the known flips; the
+   training labels' measured noise before and after the fix), and ``noisy_labels.npz`` with the flagged
+   samples relabelled to the suggestion (``--fix relabel``, the default) or left out of training
+   (``--fix prune``): train any method on it with ``--data.init_args.noisy_labels_path <out>/noisy_labels.npz``.
 
 Called again with the same ``--out``, it skips the folds that wrote their predictions and resumes a
 fold that was killed from its ``last.ckpt``.
@@ -34,7 +35,7 @@ import torch
 
 from callbacks.cross_validation import HELDOUT_FILE
 from callbacks.detection import detection_metrics, write_suspected_csv
-from datamodules.corrected_labels import write_corrected_labels
+from datamodules.corrected_labels import measured_noise, write_corrected_labels
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,7 +76,7 @@ def find_issues(given: np.ndarray, probs: np.ndarray) -> np.ndarray:
 
 
 def report(out: Path, labels_file: Path, index: np.ndarray, probs: np.ndarray, given: np.ndarray,
-           issues: np.ndarray) -> dict:
+           issues: np.ndarray, prune: bool = False) -> dict:
     """Write the CSV, detection.json and the corrected noisy_labels.npz; return the summary."""
     suggested = probs.argmax(1)
     score = probs[np.arange(len(given)), given]  # self-confidence: out-of-sample p(given label)
@@ -88,7 +89,11 @@ def report(out: Path, labels_file: Path, index: np.ndarray, probs: np.ndarray, g
     result = detection_metrics(torch.from_numpy(score), torch.from_numpy(given != clean),
                                flagged=torch.from_numpy(flagged))
     result.update(score="out_of_sample_self_confidence", method="cleanlab.find_label_issues", threshold=None)
-    result.update(write_corrected_labels(labels_file, out / "noisy_labels.npz", index[issues], suggested[issues]))
+    fixed = out / "noisy_labels.npz"
+    result.update(write_corrected_labels(labels_file, fixed, index[issues], suggested[issues], prune=prune))
+    # the training set's labels (every sample some fold held out), validation images not counted
+    result.update(train_noise_before=measured_noise(labels_file, among=index),
+                  train_noise_after=measured_noise(fixed, among=index))
     (out / "detection.json").write_text(json.dumps(result, indent=2))
     return result
 
@@ -99,6 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, type=Path, help="folder for the fold runs and the results")
     parser.add_argument("--folds", type=int, default=4, help="K of the K-fold cross-validation (>= 2)")
+    parser.add_argument("--fix", choices=["relabel", "prune"], default="relabel",
+                        help="what the corrected noisy_labels.npz does with a flagged sample")
     args = parser.parse_args(ours)
     if args.folds < 2:
         parser.error(f"--folds must be >= 2, got {args.folds}")
@@ -122,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
         if labels is None:
             labels = out / "fold0" / "run" / "noisy_labels.npz"
     index, probs, given = join_folds([out / f"fold{k}" / "run" / HELDOUT_FILE for k in range(args.folds)])
-    result = report(out, labels, index, probs, given, find_issues(given, probs))
+    result = report(out, labels, index, probs, given, find_issues(given, probs), prune=args.fix == "prune")
     print(json.dumps(result, indent=2))
     return result
 

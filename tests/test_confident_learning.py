@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from datamodules import NoisyCIFAR10
-from datamodules.corrected_labels import write_corrected_labels
+from datamodules.corrected_labels import measured_noise, write_corrected_labels
 from datamodules.folds import cv_folds, split_fold
 from datamodules.noisy_dataset import save_noisy_labels
 from resume_helpers import REPO
@@ -70,8 +70,8 @@ def test_corrected_labels_by_hand(tmp_path):
     src = labels_file(tmp_path, clean=[0, 1, 2, 0, 1, 2], noisy=[0, 2, 2, 1, 1, 0])  # 3 of 6 wrong
     out = tmp_path / "cl" / "noisy_labels.npz"
     summary = write_corrected_labels(src, out, np.array([1, 3, 4]), np.array([1, 0, 2]))  # 2 fixed, 1 broken
-    assert summary == {"noise_rate_before": 0.5, "noise_rate_after": pytest.approx(2 / 6), "relabelled": 3,
-                       "changed": 3}
+    assert summary == {"noise_rate_before": 0.5, "noise_rate_after": pytest.approx(2 / 6), "fix": "relabel",
+                       "relabelled": 3, "pruned": 0, "changed": 3}
     with np.load(out) as z:
         assert z["noisy_targets"].tolist() == [0, 1, 2, 0, 2, 0]
         assert z["noise_selected"].tolist() == [False, False, False, False, True, True]
@@ -80,6 +80,21 @@ def test_corrected_labels_by_hand(tmp_path):
         assert str(z["dataset"]) == "x"  # everything else is kept
     with pytest.raises(ValueError, match="new labels must be in 0..2"):
         write_corrected_labels(src, out, np.array([0]), np.array([3]))
+
+
+def test_pruned_labels_by_hand(tmp_path):
+    src = labels_file(tmp_path, clean=[0, 1, 2, 0, 1, 2], noisy=[0, 2, 2, 1, 1, 0])  # 3 of 6 wrong
+    out = tmp_path / "pruned.npz"
+    summary = write_corrected_labels(src, out, np.array([1, 3, 4]), np.array([1, 0, 2]), prune=True)
+    # kept: samples 0, 2, 5 with labels 0, 2, 0 against 0, 2, 2: one wrong of three
+    assert summary == {"noise_rate_before": 0.5, "noise_rate_after": pytest.approx(1 / 3), "fix": "prune",
+                       "relabelled": 0, "pruned": 3, "changed": 3}
+    with np.load(out) as z:
+        assert z["noisy_targets"].tolist() == [0, 2, 2, 1, 1, 0]  # labels untouched
+        assert z["excluded"].tolist() == [False, True, False, True, True, False]
+    assert measured_noise(out) == pytest.approx(1 / 3)
+    assert measured_noise(out, among=np.array([0, 1, 2])) == 0.0  # 1 is pruned; 0 and 2 are right
+    assert measured_noise(src, among=np.array([0, 1, 2])) == pytest.approx(1 / 3)
 
 
 def test_a_datamodule_trains_on_the_corrected_labels(fake_cifar10_dir, tmp_path):
@@ -94,6 +109,33 @@ def test_a_datamodule_trains_on_the_corrected_labels(fake_cifar10_dir, tmp_path)
     fixed.setup("fit")
     assert torch.equal(fixed.noisy_targets[wrong], dm.clean_targets[wrong])
     assert fixed.actual_noise_rate == pytest.approx(dm.actual_noise_rate - 10 / len(dm.clean_targets))
+
+
+def test_a_datamodule_leaves_pruned_samples_out_of_training_only(fake_cifar10_dir, tmp_path):
+    from datamodules.label_fingerprints import check_run_folder_labels
+
+    kw = dict(data_dir=str(fake_cifar10_dir), val_size=100, noise_type="symmetric", noise_rate=0.4)
+    dm = NoisyCIFAR10(**kw)
+    dm.setup("fit")
+    save_noisy_labels(dm, tmp_path / "noisy_labels.npz")
+    wrong = (dm.noisy_targets != dm.clean_targets).nonzero().squeeze(1)
+    pruned = wrong[torch.isin(wrong, dm.train_indices)][:10]
+    assert len(pruned) == 10
+    write_corrected_labels(tmp_path / "noisy_labels.npz", tmp_path / "pruned.npz", pruned.numpy(),
+                           dm.noisy_targets[pruned].numpy(), prune=True)
+    fixed = NoisyCIFAR10(data_dir=str(fake_cifar10_dir), val_size=100, noisy_labels_path=str(tmp_path / "pruned.npz"))
+    fixed.setup("fit")
+    keep = ~torch.isin(dm.train_indices, pruned)
+    assert torch.equal(fixed.train_indices, dm.train_indices[keep])  # the same split, less the pruned
+    assert torch.equal(fixed.val_indices, dm.val_indices) and torch.equal(fixed.noisy_targets, dm.noisy_targets)
+    # a run trained on the pruned file writes the mask into its folder, and a run folder with another mask
+    # is refused as another run's
+    save_noisy_labels(fixed, tmp_path / "run" / "noisy_labels.npz")
+    with np.load(tmp_path / "run" / "noisy_labels.npz") as z:
+        assert np.array_equal(z["excluded"], fixed.excluded.numpy())
+    check_run_folder_labels(fixed, tmp_path / "run" / "noisy_labels.npz")  # the same: accepted
+    with pytest.raises(ValueError, match="holds other noisy labels"):
+        check_run_folder_labels(dm, tmp_path / "run" / "noisy_labels.npz")  # nothing pruned: another run
 
 
 def test_join_folds_orders_by_index_and_refuses_overlap(tmp_path):
@@ -163,3 +205,22 @@ def test_script_runs_k_folds_of_train_py_and_writes_usable_labels(fake_cifar10_d
     again = script.main(["--out", str(tmp_path / "cl"), "--folds", "2", "--", "--config", str(config),
                          "--trainer.callbacks", "[]"])
     assert again == result
+    train = dm.train_indices
+    assert result["fix"] == "relabel"
+    assert result["train_noise_before"] == pytest.approx((dm.noisy_targets[train] != dm.clean_targets[train])
+                                                         .float().mean().item())
+    assert result["train_noise_after"] == pytest.approx((fixed.noisy_targets[train] != fixed.clean_targets[train])
+                                                        .float().mean().item())
+    # the same folds, the flagged samples pruned instead: trained on by nobody, labels unchanged
+    pruned = script.main(["--out", str(tmp_path / "cl"), "--folds", "2", "--fix", "prune", "--", "--config",
+                          str(config), "--trainer.callbacks", "[]"])
+    flagged = [int(r["index"]) for r in csv.DictReader(open(tmp_path / "cl" / "suspected_mislabelled.csv"))]
+    assert pruned["pruned"] == len(flagged) > 0
+    left = NoisyCIFAR10(data_dir=str(fake_cifar10_dir), val_size=100,
+                        noisy_labels_path=str(tmp_path / "cl" / "noisy_labels.npz"))
+    left.setup("fit")
+    assert sorted(left.train_indices.tolist()) == sorted(set(dm.train_indices.tolist()) - set(flagged))
+    assert torch.equal(left.noisy_targets, dm.noisy_targets)
+    kept = left.train_indices
+    assert pruned["train_noise_after"] == pytest.approx(
+        (left.noisy_targets[kept] != left.clean_targets[kept]).float().mean().item())
