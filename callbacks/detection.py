@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from pytorch_lightning.callbacks import Callback
 from torchmetrics.functional.classification import binary_auroc
 
+from datamodules import contracts as c
 from lightning_modules.sample_scores import score_training_set
 
 DETECTION_DIR = "detection"
@@ -131,9 +132,8 @@ class MislabelDetection(Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         dm = trainer.datamodule
-        if dm is None or not hasattr(dm, "train_eval_dataloader"):
-            raise ValueError(f"{type(self).__name__} needs a datamodule with train_eval_dataloader(), "
-                             f"got {type(dm).__name__}")
+        for name in ("train_eval_dataloader", "clean_targets"):  # the known flips are the truth it scores against
+            c.require(dm, name, type(self).__name__)
         own = hasattr(pl_module, "detection_scores")
         scores = pl_module.detection_scores() if own else self_confidence_scores(pl_module)  # every process
         given, clean = dm.noisy_targets.cpu(), dm.clean_targets.cpu()

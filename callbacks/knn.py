@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
+from datamodules import contracts as c
+
 
 def knn_predict(
     features: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, num_classes: int,
@@ -131,8 +133,8 @@ class KNNMonitor(pl.Callback):
     def accuracy(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float:
         """kNN top-1 accuracy of the current encoder (every process computes the same value)."""
         dm = trainer.datamodule
-        if dm is None or not hasattr(dm, "eval_transform"):
-            raise ValueError("KNNMonitor needs a datamodule with `eval_transform` (NoisyCIFAR10/100)")
+        for name in ("train_dataloader", "eval_transform"):
+            c.require(dm, name, "KNNMonitor")
         encoder = encoder_of(pl_module)
         was_training = pl_module.training
         pl_module.eval()

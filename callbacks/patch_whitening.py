@@ -20,6 +20,7 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 
+from datamodules import contracts as c
 from lightning_modules.backbones import first_conv
 from lightning_modules.method_base import find_backbones
 from lightning_modules.whitening import init_patch_whitening
@@ -48,8 +49,8 @@ class PatchWhitening(pl.Callback):
         if stage != "fit":
             return
         dm = trainer.datamodule
-        if dm is None or not hasattr(dm, "training_images"):
-            raise ValueError("PatchWhitening needs a datamodule with training_images() (NoisyCIFAR10/100)")
+        for name in ("training_images", "eval_transform"):
+            c.require(dm, name, "PatchWhitening")
         images, _ = dm.training_images()
         images = dm.eval_transform(images[: self.num_images].to(pl_module.device))
         for name, backbone in find_backbones(pl_module, self.modules).items():

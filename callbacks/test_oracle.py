@@ -15,6 +15,8 @@ from pytorch_lightning.utilities import move_data_to_device
 from pytorch_lightning.utilities.model_helpers import is_overridden
 from torchmetrics.classification import MulticlassAccuracy
 
+from datamodules import contracts as c
+
 ORACLE_NOTE = (
     "best test accuracy over epochs (the CIFAR-N leaderboard protocol): the epoch is chosen on the test set, "
     "so this is NOT a valid model-selection number; use test/acc (last) or test_best/acc (best noisy validation)"
@@ -37,8 +39,8 @@ class TestOracle(Callback):
         if not self.enabled or not is_overridden("test_step", pl_module):
             return
         dm = trainer.datamodule
-        if dm is None or not hasattr(dm, "eval_batch"):
-            raise ValueError("TestOracle needs a datamodule with test_dataloader() and eval_batch()")
+        for name in ("test_dataloader", "eval_batch"):
+            c.require(dm, name, "TestOracle")
         metric = MulticlassAccuracy(num_classes=dm.num_classes, average="micro").to(pl_module.device)
         was_training = pl_module.training
         pl_module.eval()

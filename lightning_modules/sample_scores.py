@@ -17,6 +17,8 @@ from typing import Callable
 import pytorch_lightning as pl
 import torch
 
+from datamodules import contracts as c
+
 
 @torch.no_grad()
 def score_training_set(
@@ -30,9 +32,8 @@ def score_training_set(
     ``loader`` names the datamodule's loader (``heldout_dataloader``: a cross-validation fold)."""
     trainer = pl_module.trainer
     dm = trainer.datamodule
-    if dm is None or not hasattr(dm, loader) or not hasattr(dm, "eval_transform"):
-        raise ValueError(f"scoring the training set needs a datamodule with {loader}() and "
-                         f"eval_transform (NoisyCIFAR10/100, NoisyImageFolder), got {type(dm).__name__}")
+    for name in (loader, "eval_transform", "noisy_targets"):
+        c.require(dm, name, "scoring the training set")
     share_rank_zero_buffers(pl_module)
     n = len(dm.noisy_targets)
     out: dict[str, torch.Tensor] = {}

@@ -121,3 +121,35 @@ def test_a_missing_datamodule_attribute_is_reported_as_an_input_error(fake_cifar
         require(dm, "noisy_targets", "LabelNoiseDiagnostics")
     assert "LabelNoiseDiagnostics needs the datamodule's 'noisy_targets'" in str(err.value)
     assert "NoisyCIFAR10" in str(err.value) and isinstance(err.value, train.INPUT_ERRORS)
+
+
+class Bare:
+    """A datamodule with nothing the features below read (what a user's own minimal datamodule may be)."""
+
+
+@pytest.mark.parametrize("user, attribute", [
+    ("scoring the training set", "train_eval_dataloader"),
+    ("TestOracle", "test_dataloader"),
+    ("MislabelDetection", "train_eval_dataloader"),
+    ("PatchWhitening", "training_images"),
+    ("KNNMonitor", "train_dataloader"),
+])
+def test_each_feature_names_the_datamodule_attribute_it_lacks(user, attribute):
+    from callbacks import KNNMonitor, MislabelDetection, PatchWhitening, TestOracle
+    from datamodules.contracts import MissingDataError
+    from lightning_modules import Classifier
+    from lightning_modules.backbones import MLP
+    from lightning_modules.sample_scores import score_training_set
+
+    model = Classifier(MLP(input_channel=3, n_outputs=10, image_size=4, hidden=(8,)))
+    trainer = SimpleNamespace(datamodule=Bare())
+    model._trainer = trainer
+    call = {
+        "scoring the training set": lambda: score_training_set(model, lambda x, y: {}),
+        "TestOracle": lambda: TestOracle(enabled=True).on_train_epoch_end(trainer, model),
+        "MislabelDetection": lambda: MislabelDetection().on_train_end(trainer, model),
+        "PatchWhitening": lambda: PatchWhitening().setup(trainer, model, "fit"),
+        "KNNMonitor": lambda: KNNMonitor().accuracy(trainer, model),
+    }[user]
+    with pytest.raises(MissingDataError, match=f"{user} needs the datamodule's '{attribute}'.*this run has Bare"):
+        call()
