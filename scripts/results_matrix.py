@@ -133,15 +133,14 @@ def draw_row_labels(spec: dict, row: dict) -> Path:
     path = row_labels_file(spec, row)
     if path.is_file():
         return path
+    from datamodules.atomic_files import atomic_write  # imported here: `table` needs no torch
     if "labels" in row:  # a copy, so that the row's digest and the runs' saved labels are checked as any row's
         if not Path(row["labels"]).is_file():
             raise SystemExit(f"row {row['name']!r}: its labels {row['labels']} do not exist (write them first)")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(Path(row["labels"]).read_bytes())
-        os.replace(tmp, path)
+        source = Path(row["labels"]).read_bytes()
+        atomic_write(path, lambda f: f.write(source))
         return path
-    from datamodules.noisy_dataset import save_noisy_labels  # imported here: `table` needs no torch
+    from datamodules.noisy_dataset import save_noisy_labels
     from train import main
 
     argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when it also sees this script's arguments
