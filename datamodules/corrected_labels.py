@@ -34,8 +34,8 @@ def write_corrected_labels(source: Path, out: Path, index: np.ndarray, new_label
     if len(new_labels) and (new_labels.min() < 0 or new_labels.max() >= num_classes):
         raise ValueError(f"new labels must be in 0..{num_classes - 1}")
     before = float((noisy != clean).mean())
+    excluded = left_out(data).copy()
     if prune:
-        excluded = data.get("excluded", np.zeros(len(noisy), dtype=bool)).copy()
         changed = int((~excluded[index]).sum())
         excluded[index] = True
         data["excluded"] = excluded
@@ -50,8 +50,7 @@ def write_corrected_labels(source: Path, out: Path, index: np.ndarray, new_label
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_savez(out, **data)
-    kept = ~data.get("excluded", np.zeros(len(noisy), dtype=bool))
-    return {"noise_rate_before": before, "noise_rate_after": float((noisy[kept] != clean[kept]).mean()),
+    return {"noise_rate_before": before, "noise_rate_after": float((noisy[~excluded] != clean[~excluded]).mean()),
             "fix": "prune" if prune else "relabel", "relabelled": 0 if prune else int(len(index)),
             "pruned": int(len(index)) if prune else 0, "changed": changed}
 
@@ -59,8 +58,13 @@ def write_corrected_labels(source: Path, out: Path, index: np.ndarray, new_label
 def measured_noise(source: Path, among: np.ndarray | None = None) -> float:
     """Fraction of wrong labels in a ``noisy_labels.npz`` (among ``among``, less pruned samples)."""
     with np.load(source, allow_pickle=False) as z:
-        noisy, clean = z["noisy_targets"], z["clean_targets"]
-        kept = ~z["excluded"] if "excluded" in z.files else np.ones(len(noisy), dtype=bool)
+        data = {k: z[k] for k in z.files}
+    noisy, clean, excluded = data["noisy_targets"], data["clean_targets"], left_out(data)
     rows = np.arange(len(noisy)) if among is None else np.asarray(among, dtype=np.int64)
-    rows = rows[kept[rows]]
+    rows = rows[~excluded[rows]]
     return float((noisy[rows] != clean[rows]).mean())
+
+
+def left_out(data: dict[str, np.ndarray]) -> np.ndarray:
+    """The ``excluded`` mask of a label file's arrays (all False for a file that prunes nothing)."""
+    return data["excluded"] if "excluded" in data else np.zeros(len(data["noisy_targets"]), dtype=bool)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .contracts import NoisyData
+from .corrected_labels import left_out
 from .plain_npz import read_npz
 
 #: datamodule attributes whose exact contents define what is trained and validated on
@@ -86,9 +87,8 @@ def check_run_folder_labels(dm: NoisyData, path: Path) -> None:
         old[k].shape == tuple(now_labels[k].shape) and np.array_equal(old[k], now_labels[k].numpy()) for k in old
     )
     excluded = getattr(dm, "excluded", None)  # a pruned label file: the same samples must be left out
-    none_left_out = np.zeros(len(dm.noisy_targets), dtype=bool)
-    same = same and np.array_equal(z.get("excluded", none_left_out),
-                                   none_left_out if excluded is None else excluded.numpy())
+    now_left_out = np.zeros(len(dm.noisy_targets), dtype=bool) if excluded is None else excluded.numpy()
+    same = same and np.array_equal(left_out(z), now_left_out)
     if not same:
         now = {"dataset": dm.dataset_name, **{k: dm.hparams.get(k) for k in ("noise_type", "noise_rate", "noise_seed")}}
         raise ValueError(
