@@ -135,6 +135,11 @@ class DivideMix(NoisyLabelMethod):
         self.division_epoch: int | None = None  # the epoch whose start computed ``clean_prob``
         self.loss_history: list[list[torch.Tensor]] = [[], []]  # normalised losses of the last epochs
 
+    @property
+    def oracle_division(self) -> bool:
+        """The diagnostic ``division: oracle`` (checkpoints from before the option have no ``division``)."""
+        return self.hparams.get("division", "gmm") == "oracle"
+
     def networks(self) -> dict[str, nn.Module]:
         return {"net1": self.net1, "net2": self.net2}
 
@@ -152,7 +157,7 @@ class DivideMix(NoisyLabelMethod):
             )
         for name in ("train_eval_dataloader", "eval_transform", "train_indices"):
             c.require(dm, name, "DivideMix's co-divide")
-        if self.hparams.get("division", "gmm") == "oracle":
+        if self.oracle_division:
             c.require(dm, "clean_targets", "DivideMix's division: oracle")
         if c.offers(dm, "train_transform") and not isinstance(dm.train_transform, TwoViews):
             raise ValueError(
@@ -212,22 +217,21 @@ class DivideMix(NoisyLabelMethod):
 
     def divide(self) -> None:
         """Fit the mixture to each network's normalised losses: ``clean_prob[k]`` is network k's
-        clean probability per sample (network k's division trains the other network)."""
+        clean probability per sample (network k's division trains the other network). With the
+        oracle division both networks get the true split instead."""
         dm = self.trainer.datamodule
         train_index = dm.train_indices.to(self.device)
         prob = torch.zeros(2, len(dm.noisy_targets), dtype=torch.float32, device=self.device)
-        if self.hparams.get("division", "gmm") == "oracle":
-            truly_clean = (dm.noisy_targets == dm.clean_targets).to(self.device)[train_index]
-            prob[:, train_index] = truly_clean.float()
-            self.clean_prob, self.division_epoch = prob, self.current_epoch
-            return
-        losses = self.per_sample_losses()[:, train_index]
-        for k in range(2):
-            history = self.loss_history[k] + [dmm.normalise_losses(losses[k]).cpu()]
-            self.loss_history[k] = history[-self.hparams.loss_history:]
-            fitted_on = torch.stack(self.loss_history[k]).mean(0)
-            fitted = dmm.gmm_clean_probability(fitted_on, seed=self.hparams.gmm_seed)
-            prob[k, train_index] = fitted.float().to(self.device)
+        if self.oracle_division:
+            prob[:, train_index] = (dm.noisy_targets == dm.clean_targets).to(self.device)[train_index].float()
+        else:
+            losses = self.per_sample_losses()[:, train_index]
+            for k in range(2):
+                history = self.loss_history[k] + [dmm.normalise_losses(losses[k]).cpu()]
+                self.loss_history[k] = history[-self.hparams.loss_history:]
+                fitted_on = torch.stack(self.loss_history[k]).mean(0)
+                fitted = dmm.gmm_clean_probability(fitted_on, seed=self.hparams.gmm_seed)
+                prob[k, train_index] = fitted.float().to(self.device)
         self.clean_prob, self.division_epoch = prob, self.current_epoch
 
     def _log_division(self) -> None:
