@@ -28,14 +28,20 @@ MATRIX.yaml::
         configs: [configs/fast/coteaching.yaml]
         args: []
         rows: [sym50]                              # optional: only these rows
+      - name: cleanlab                             # a detector, not a training method: the cell runs
+        confident_learning: {folds: 4}             # scripts/confident_learning.py (K runs of the stack above)
+                                                   # and reports its detection only; its corrected labels
+                                                   # (OUT/ROW/cleanlab/seedS/version_0/noisy_labels.npz)
+                                                   # can be another row's ``labels``
 
 Every method of a row trains on the same labels: before any cell of a row runs,
 the row's ``noisy_labels.npz`` is drawn once, or copied from the row's ``labels``
 (``OUT/ROW/noisy_labels.npz``), and every
 cell gets it as ``noisy_labels_path``; the table checks each run's saved labels
 against it. A cell is done when ``OUT/ROW/METHOD/seedS/version_0/test_results.json``
-exists; a cell with a checkpoint but no results resumes from ``last.ckpt``, so an
-interrupted matrix is simply run again. The test set chooses nothing: the table
+exists (a confident-learning cell: its ``detection.json``); a cell with a checkpoint
+but no results resumes from ``last.ckpt`` (a confident-learning cell: from its
+finished folds), so an interrupted matrix is simply run again. The test set chooses nothing: the table
 reports ``test/acc`` (last epoch) and ``test_best/acc`` (checkpoint of best noisy
 validation accuracy) as train.py writes them.
 """
@@ -59,6 +65,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "train.py"
+CONFIDENT_LEARNING = REPO / "scripts" / "confident_learning.py"
 
 
 @dataclass
@@ -74,8 +81,24 @@ class Cell:
         return self.folder / "version_0"
 
     @property
+    def detector(self) -> dict | None:
+        """The method's ``confident_learning`` settings when the cell detects wrong labels instead of training."""
+        return self.method.get("confident_learning")
+
+    @property
     def done(self) -> bool:
-        return (self.run_dir / "test_results.json").is_file()
+        return (self.run_dir / ("detection.json" if self.detector else "test_results.json")).is_file()
+
+    @property
+    def saved_labels(self) -> Path:
+        """The labels the cell's run saved (a confident-learning cell: those of its first fold)."""
+        return self.run_dir / ("fold0/run" if self.detector else "") / "noisy_labels.npz"
+
+    def saved_work(self) -> list[Path]:
+        """The files whose newest write marks the last work a killed attempt kept."""
+        if self.detector:
+            return [*self.run_dir.glob("fold*/run/checkpoints/last.ckpt"), *self.run_dir.glob("fold*/run/heldout_*")]
+        return [self.run_dir / "checkpoints" / "last.ckpt"]
 
 
 def load_matrix(path: str | Path) -> dict:
@@ -97,6 +120,13 @@ def load_matrix(path: str | Path) -> dict:
         unknown = set(method.get("rows", [])) - row_names
         if unknown:
             raise ValueError(f"{path}: method {method['name']!r} names unknown rows {sorted(unknown)}")
+        detector = method.get("confident_learning")
+        if detector is not None:
+            folds, fix = (detector or {}).get("folds"), (detector or {}).get("fix", "relabel")
+            if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2 or fix not in ("relabel", "prune") \
+                    or set(detector) - {"folds", "fix"}:
+                raise ValueError(f"{path}: method {method['name']!r}: confident_learning takes folds (an integer "
+                                 f">= 2) and fix (relabel or prune), got {detector}")
     spec.setdefault("configs", [])
     spec.setdefault("args", [])
     spec.setdefault("seeds", [0])
@@ -158,9 +188,13 @@ def draw_row_labels(spec: dict, row: dict) -> Path:
 
 def cell_command(spec: dict, cell: Cell) -> list[str]:
     labels = row_labels_file(spec, cell.row)
-    cmd = [sys.executable, str(TRAIN), "fit", *base_args(spec, cell.row, cell.method),
-           "--seed_everything", str(cell.seed),
-           "--data.init_args.noisy_labels_path", str(labels),
+    train_args = [*base_args(spec, cell.row, cell.method), "--seed_everything", str(cell.seed),
+                  "--data.init_args.noisy_labels_path", str(labels)]
+    if cell.detector:  # the script names its fold runs' folders and resumes them itself
+        return [sys.executable, str(CONFIDENT_LEARNING), "--out", str(cell.run_dir),
+                "--folds", str(cell.detector["folds"]), "--fix", cell.detector.get("fix", "relabel"),
+                "--", *train_args]
+    cmd = [sys.executable, str(TRAIN), "fit", *train_args,
            "--trainer.logger.init_args.save_dir", str(cell.folder.parent),
            "--trainer.logger.init_args.name", cell.folder.name,
            "--trainer.logger.init_args.version", "0"]
@@ -179,7 +213,7 @@ def run_cell(spec: dict, cell: Cell) -> None:
           flush=True)
     cell.folder.mkdir(parents=True, exist_ok=True)
     timing = cell.folder / "wall_time.json"
-    earlier = kept_seconds(timing, cell.run_dir / "checkpoints" / "last.ckpt")
+    earlier = kept_seconds(timing, cell.saved_work())
     start = time.time()
     # left behind if this attempt is killed: the next one then counts it up to its last checkpoint
     timing.write_text(json.dumps({"seconds": earlier, "running_since": start}))
@@ -190,17 +224,18 @@ def run_cell(spec: dict, cell: Cell) -> None:
     timing.write_text(json.dumps({"seconds": earlier + time.time() - start}))
 
 
-def kept_seconds(timing: Path, last_ckpt: Path) -> float:
+def kept_seconds(timing: Path, saved_work: list[Path]) -> float:
     """Wall time of a cell's earlier attempts whose work was kept: a finished attempt in full, an
-    interrupted one (``running_since`` still set) up to its last checkpoint, since what it did after
-    that checkpoint is done again by the resumed run."""
+    interrupted one (``running_since`` still set) up to the newest of its saved files (checkpoints,
+    finished folds), since what it did after that is done again by the resumed run."""
     if not timing.is_file():
         return 0.0
     record = json.loads(timing.read_text())
     seconds = float(record.get("seconds", 0.0))
     since = record.get("running_since")
-    if since is not None and last_ckpt.is_file():
-        seconds += max(0.0, last_ckpt.stat().st_mtime - since)
+    saved = [p.stat().st_mtime for p in saved_work if p.is_file()]
+    if since is not None and saved:
+        seconds += max(0.0, max(saved) - since)
     return seconds
 
 
@@ -226,19 +261,21 @@ def collect(spec: dict) -> list[dict]:
             for key, prefix in (("last", "test"), ("best_val", "test_best")):
                 accs = []
                 for c in done:
+                    if c.detector:  # detects, trains no model of its own to test
+                        continue
                     results = json.loads((c.run_dir / "test_results.json").read_text())
                     acc = results.get(prefix, {}).get(f"{prefix}/acc")
                     if acc is not None:
                         accs.append(100.0 * acc)
                 rec[key] = accs
-            for key in DETECTION_KEYS:  # callbacks.MislabelDetection's detection/detection.json, where run
+            for key in DETECTION_KEYS:  # callbacks.MislabelDetection's or confident learning's detection.json
                 rec[f"detection_{key}"] = [
-                    100.0 * float(d[key]) for c in done if (d := read_detection(c.run_dir)) is not None
+                    100.0 * float(d[key]) for c in done if (d := read_detection(c)) is not None
                     and d.get(key) is not None and d[key] == d[key]]  # NaN: nothing flagged
             rec["wall_s"] = [json.loads((c.folder / "wall_time.json").read_text())["seconds"]
                              for c in done if (c.folder / "wall_time.json").is_file()]
             for c in done:
-                saved = c.run_dir / "noisy_labels.npz"
+                saved = c.saved_labels
                 if row_digest is None or not saved.is_file() or labels_digest(saved) != row_digest:
                     raise SystemExit(f"{c.folder}: trained on other labels than {row_file}")
             records.append(rec)
@@ -248,8 +285,8 @@ def collect(spec: dict) -> list[dict]:
 DETECTION_KEYS = ("auroc", "precision", "recall")
 
 
-def read_detection(run_dir: Path) -> dict | None:
-    path = run_dir / "detection" / "detection.json"
+def read_detection(cell: Cell) -> dict | None:
+    path = cell.run_dir / ("" if cell.detector else "detection") / "detection.json"
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -360,7 +397,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cell", help="run only this cell: its index from `list`, or ROW/METHOD/SEED (a name "
                         "stays the same cell when rows or methods are added to the file; an index may not)")
     args = parser.parse_args(argv)
-    spec = load_matrix(args.matrix)
+    try:
+        spec = load_matrix(args.matrix)
+    except ValueError as err:  # a bad matrix file: its message, not a traceback
+        parser.error(str(err))
     todo = cells(spec)
     if args.command == "list":
         for c in todo:

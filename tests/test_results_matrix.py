@@ -110,6 +110,42 @@ def test_matrix_runs_every_cell_on_its_rows_labels_and_tabulates(tmp_path, fake_
     assert proc.returncode != 0 and "pair20/gce/seed0: trained on other labels" in proc.stderr
 
 
+def test_confident_learning_is_a_matrix_cell_whose_labels_another_row_trains_on(tmp_path, fake_cifar10_dir):
+    pytest.importorskip("cleanlab", reason="cleanlab is an optional extra: pip install -e '.[cleanlab]'")
+    spec = yaml.safe_load(_matrix(tmp_path, fake_cifar10_dir).read_text())
+    cleaned = tmp_path / "out" / "sym40" / "cleanlab" / "seed0" / "version_0" / "noisy_labels.npz"
+    spec["rows"] = [spec["rows"][0], {"name": "sym40_cleaned", "labels": str(cleaned)}]
+    spec["methods"] = [{"name": "ce"}, {"name": "cleanlab", "confident_learning": {"folds": 2}, "rows": ["sym40"]}]
+    matrix = tmp_path / "matrix.yaml"
+    matrix.write_text(yaml.safe_dump(spec))
+    first = _run("run", str(matrix))
+    out = tmp_path / "out"
+    run = out / "sym40" / "cleanlab" / "seed0" / "version_0"
+    held = [np.load(run / f"fold{k}" / "run" / "heldout_probs.npz")["index"] for k in (0, 1)]
+    assert len(np.intersect1d(*held)) == 0 and len(held[0]) + len(held[1]) == 100  # 2 folds of the 100 images
+    for k in (0, 1):  # both folds trained on the row's labels
+        assert np.array_equal(_targets(run / f"fold{k}" / "run" / "noisy_labels.npz")[0],
+                              _targets(out / "sym40" / "noisy_labels.npz")[0])
+    # the second row trains on what confident learning wrote
+    assert (out / "sym40_cleaned" / "noisy_labels.npz").read_bytes() == cleaned.read_bytes()
+    assert np.array_equal(_targets(out / "sym40_cleaned" / "ce" / "seed0" / "version_0" / "noisy_labels.npz")[0],
+                          _targets(cleaned)[0])
+    with open(out / "results.csv") as f:
+        table = {(r["noise"], r["method"]): r for r in csv.DictReader(f)}
+    assert set(table) == {("sym40", "ce"), ("sym40", "cleanlab"), ("sym40_cleaned", "ce")}
+    rec, d = table[("sym40", "cleanlab")], json.loads((run / "detection.json").read_text())
+    assert rec["seed_count"] == "1" and rec["last_mean"] == "" and rec["best_val_mean"] == ""  # no model tested
+    for key in ("auroc", "precision", "recall"):
+        expected = "" if d[key] != d[key] else f"{100 * d[key]:.2f}"
+        assert rec[f"detection_{key}_mean"] == expected
+    assert float(rec["wall_s_mean"]) > 0
+    log = run.parent / "train.log"
+    assert log.read_text().count("fold 1/2: ") == 1 and "cleanlab / seed 0" in first.stdout
+    stamp = log.stat().st_mtime_ns
+    again = _run("run", str(matrix))  # done: not run again
+    assert again.stdout.count("done, skipped") == 3 and log.stat().st_mtime_ns == stamp
+
+
 def test_matrix_writes_a_slurm_array_with_one_task_per_cell(tmp_path, fake_cifar10_dir):
     matrix = _matrix(tmp_path, fake_cifar10_dir)
     _run("slurm", str(matrix))
@@ -123,13 +159,18 @@ def test_matrix_writes_a_slurm_array_with_one_task_per_cell(tmp_path, fake_cifar
     ({"rows": [{"name": "a"}], "methods": [{"name": "m"}]}, "missing 'out_dir'"),
     ({"out_dir": "x", "rows": [{"name": "a"}, {"name": "a"}], "methods": [{"name": "m"}]}, "duplicate rows"),
     ({"out_dir": "x", "rows": [{"name": "a/b"}], "methods": [{"name": "m"}]}, "needs a name without '/'"),
+    ({"out_dir": "x", "rows": [{"name": "a"}], "methods": [{"name": "cl", "confident_learning": {"folds": 1}}]},
+     "method 'cl': confident_learning takes folds (an integer >= 2) and fix (relabel or prune), got {'folds': 1}"),
+    ({"out_dir": "x", "rows": [{"name": "a"}],
+      "methods": [{"name": "cl", "confident_learning": {"folds": 3, "fix": "drop"}}]},
+     "got {'fix': 'drop', 'folds': 3}"),
 ])
 def test_matrix_file_errors_name_the_problem(tmp_path, spec, message):
     path = tmp_path / "m.yaml"
     path.write_text(yaml.safe_dump(spec))
     proc = subprocess.run([sys.executable, str(SCRIPT), "list", str(path)], capture_output=True, text=True,
                           timeout=120)
-    assert proc.returncode != 0 and message in proc.stderr
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 
 
 def _module(monkeypatch):
@@ -161,17 +202,21 @@ def test_wall_time_of_a_resumed_cell_counts_each_attempt_up_to_the_work_it_kept(
     import os
 
     matrix = _module(monkeypatch)
-    timing, ckpt = tmp_path / "wall_time.json", tmp_path / "last.ckpt"
-    assert matrix.kept_seconds(timing, ckpt) == 0.0  # never started
+    timing, ckpt, fold = tmp_path / "wall_time.json", tmp_path / "last.ckpt", tmp_path / "heldout_probs.npz"
+    assert matrix.kept_seconds(timing, [ckpt]) == 0.0  # never started
     timing.write_text(json.dumps({"seconds": 100.0}))
-    assert matrix.kept_seconds(timing, ckpt) == 100.0  # finished attempts
+    assert matrix.kept_seconds(timing, [ckpt]) == 100.0  # finished attempts
     # an attempt started at t = 5000 and was killed; its last checkpoint was written at t = 5600
     timing.write_text(json.dumps({"seconds": 100.0, "running_since": 5000.0}))
+    assert matrix.kept_seconds(timing, [ckpt]) == 100.0  # nothing saved yet
     ckpt.write_bytes(b"")
     os.utime(ckpt, (5600.0, 5600.0))
-    assert matrix.kept_seconds(timing, ckpt) == pytest.approx(700.0)
+    assert matrix.kept_seconds(timing, [ckpt]) == pytest.approx(700.0)
+    fold.write_bytes(b"")  # a later saved file (a finished fold) kept more of the attempt
+    os.utime(fold, (5900.0, 5900.0))
+    assert matrix.kept_seconds(timing, [ckpt, fold]) == pytest.approx(1000.0)
     os.utime(ckpt, (4000.0, 4000.0))  # killed before it saved anything: its time bought nothing
-    assert matrix.kept_seconds(timing, ckpt) == pytest.approx(100.0)
+    assert matrix.kept_seconds(timing, [ckpt]) == pytest.approx(100.0)
 
 
 def test_a_cell_is_found_by_index_or_by_row_method_seed(tmp_path, monkeypatch):
