@@ -122,9 +122,10 @@ def load_matrix(path: str | Path) -> dict:
             raise ValueError(f"{path}: method {method['name']!r} names unknown rows {sorted(unknown)}")
         detector = method.get("confident_learning")
         if detector is not None:
-            folds, fix = (detector or {}).get("folds"), (detector or {}).get("fix", "relabel")
+            settings = detector if isinstance(detector, dict) else {}
+            folds, fix = settings.get("folds"), settings.get("fix", "relabel")
             if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2 or fix not in ("relabel", "prune") \
-                    or set(detector) - {"folds", "fix"}:
+                    or set(settings) - {"folds", "fix"}:
                 raise ValueError(f"{path}: method {method['name']!r}: confident_learning takes folds (an integer "
                                  f">= 2) and fix (relabel or prune), got {detector}")
     spec.setdefault("configs", [])

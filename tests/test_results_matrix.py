@@ -161,6 +161,8 @@ def test_matrix_writes_a_slurm_array_with_one_task_per_cell(tmp_path, fake_cifar
     ({"out_dir": "x", "rows": [{"name": "a/b"}], "methods": [{"name": "m"}]}, "needs a name without '/'"),
     ({"out_dir": "x", "rows": [{"name": "a"}], "methods": [{"name": "cl", "confident_learning": {"folds": 1}}]},
      "method 'cl': confident_learning takes folds (an integer >= 2) and fix (relabel or prune), got {'folds': 1}"),
+    ({"out_dir": "x", "rows": [{"name": "a"}], "methods": [{"name": "cl", "confident_learning": 4}]},
+     "confident_learning takes folds (an integer >= 2) and fix (relabel or prune), got 4"),
     ({"out_dir": "x", "rows": [{"name": "a"}],
       "methods": [{"name": "cl", "confident_learning": {"folds": 3, "fix": "drop"}}]},
      "got {'fix': 'drop', 'folds': 3}"),
