@@ -128,6 +128,7 @@ def load_matrix(path: str | Path) -> dict:
                     or set(settings) - {"folds", "fix"}:
                 raise ValueError(f"{path}: method {method['name']!r}: confident_learning takes folds (an integer "
                                  f">= 2) and fix (relabel or prune), got {detector}")
+            method["confident_learning"] = {"folds": folds, "fix": fix}  # the default fix written out once
     spec.setdefault("configs", [])
     spec.setdefault("args", [])
     spec.setdefault("seeds", [0])
@@ -193,7 +194,7 @@ def cell_command(spec: dict, cell: Cell) -> list[str]:
                   "--data.init_args.noisy_labels_path", str(labels)]
     if cell.detector:  # the script names its fold runs' folders and resumes them itself
         return [sys.executable, str(CONFIDENT_LEARNING), "--out", str(cell.run_dir),
-                "--folds", str(cell.detector["folds"]), "--fix", cell.detector.get("fix", "relabel"),
+                "--folds", str(cell.detector["folds"]), "--fix", cell.detector["fix"],
                 "--", *train_args]
     cmd = [sys.executable, str(TRAIN), "fit", *train_args,
            "--trainer.logger.init_args.save_dir", str(cell.folder.parent),
