@@ -330,7 +330,9 @@ def main(args: list[str] | None = None, run: bool = True) -> NoisyLabelCLI:
     if not debug:
         held.hold()
     try:
-        return _run_cli(args, run, started, held)
+        cli = _run_cli(args, run, started, held)
+        close_process_group()
+        return cli
     except NonFiniteLossError as err:  # a diverged run: the message says where and which checkpoint is good
         if debug:
             raise
@@ -352,6 +354,17 @@ def main(args: list[str] | None = None, run: bool = True) -> NoisyLabelCLI:
     finally:
         held.release()
     sys.exit(INPUT_ERROR_EXIT_CODE)
+
+
+def close_process_group() -> None:
+    """Destroy the process group a DDP run left initialised (Lightning's teardown keeps it).
+
+    Left to interpreter exit, gloo's worker threads are torn down with the interpreter and the process
+    can abort (``terminate called without an active exception``, exit -6) after a finished run:
+    https://github.com/pytorch/pytorch/issues/190489. Only after a run that ended normally: a rank that
+    failed while the others wait in a collective would block here (pytorch/torchtitan#1342)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def _report(message: str, hint: str = "") -> None:

@@ -148,3 +148,22 @@ def test_other_modules_run_under_ddp_with_the_same_labels(name, fake_cifar10_dir
     assert not unchanged, f"never trained, so equal trivially: {unchanged}"
     saved = yaml.safe_load((run_dir(tmp_path) / "config.yaml").read_text())
     assert saved["trainer"]["strategy"] == STRATEGY.get(name, "ddp")
+
+
+def test_a_finished_run_destroys_the_process_group_it_ran_in(fake_cifar10_dir, tmp_path, monkeypatch):
+    """Left to interpreter exit, gloo's threads can abort the process after a finished DDP run (exit -6)."""
+    import sys
+
+    import train
+
+    torch.distributed.init_process_group("gloo", store=torch.distributed.FileStore(str(tmp_path / "store"), 1),
+                                         rank=0, world_size=1)
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
+    try:
+        config = write_config(tmp_path, fake_cifar10_dir, CLASSIFIER, max_epochs=1)
+        train.main(["fit", "--config", str(config), "--trainer.limit_train_batches", "2",
+                    "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1"])
+        assert not torch.distributed.is_initialized()
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
