@@ -246,6 +246,12 @@ def labels_digest(path: Path) -> str:
         return hashlib.sha256(np.ascontiguousarray(z["noisy_targets"]).tobytes()).hexdigest()[:12]
 
 
+def labels_noise_type(path: Path) -> str | None:
+    """The noise model a label file was drawn with (``symmetric``, ``pairflip``, ``human``, ...)."""
+    with np.load(path, allow_pickle=False) as z:
+        return str(z["noise_type"]) if "noise_type" in z.files else None
+
+
 def collect(spec: dict) -> list[dict]:
     """One record per (row, method): accuracies over the seeds done, labels checked against the row's."""
     records = []
@@ -253,11 +259,13 @@ def collect(spec: dict) -> list[dict]:
     for row in spec["rows"]:
         row_file = row_labels_file(spec, row)
         row_digest = labels_digest(row_file) if row_file.is_file() else None
+        noise_type = labels_noise_type(row_file) if row_file.is_file() else None
         for method in spec["methods"]:
             if "rows" in method and row["name"] not in method["rows"]:
                 continue
             done = [c for c in all_cells if c.row is row and c.method is method and c.done]
             rec = {"row": row["name"], "method": method["name"], "noise_rate": row.get("noise_rate"),
+                   "noise_type": noise_type,
                    "seeds": [c.seed for c in done], "labels": row_digest,
                    "published": (row.get("published") or {}).get(method["name"])}
             for key, prefix in (("last", "test"), ("best_val", "test_best")):
@@ -334,25 +342,40 @@ def write_table(spec: dict) -> list[dict]:
     return records
 
 
+def curves(records: list[dict]) -> dict[tuple[str, str], list[tuple[float, float, float]]]:
+    """(method, noise type) -> [(noise rate, mean, spread)] by rate: a line joins rows of one noise
+    model only, since 45% pair flips and 50% symmetric flips are not points of one curve."""
+    out: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+    for r in records:
+        if r["last"] and r["noise_rate"] is not None:
+            spread = statistics.stdev(r["last"]) if len(r["last"]) > 1 else 0.0
+            out.setdefault((r["method"], r["noise_type"] or "?"), []).append(
+                (float(r["noise_rate"]), statistics.mean(r["last"]), spread))
+    return {key: sorted(pts) for key, pts in out.items()}
+
+
 def plot(records: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for method in dict.fromkeys(r["method"] for r in records):
-        pts = sorted((r["noise_rate"], statistics.mean(r["last"]), statistics.stdev(r["last"]) if len(r["last"]) > 1
-                      else 0.0) for r in records if r["method"] == method and r["last"] and r["noise_rate"] is not None)
-        if pts:
-            x, y, e = zip(*pts)
-            ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=method)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    lines = curves(records)
+    methods = list(dict.fromkeys(method for method, _ in lines))
+    noise_types = list(dict.fromkeys(noise_type for _, noise_type in lines))
+    for (method, noise_type), pts in lines.items():
+        x, y, e = zip(*pts)
+        ax.errorbar(x, y, yerr=e, capsize=3, color=f"C{methods.index(method) % 10}",
+                    marker="osD^vP*X"[noise_types.index(noise_type) % 8],
+                    linestyle=["-", "--", ":", "-."][noise_types.index(noise_type) % 4],
+                    label=f"{method}, {noise_type}")
     ax.set_xlabel("noise rate")
     ax.set_ylabel("test accuracy, last epoch (%)")
     ax.set_title("Test accuracy against label noise")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend()
+        ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

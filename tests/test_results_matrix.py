@@ -233,3 +233,24 @@ def test_a_cell_is_found_by_index_or_by_row_method_seed(tmp_path, monkeypatch):
         matrix.find_cell(all_cells, "sym50/gce/5")
     with pytest.raises(SystemExit, match="--cell must be in 0..7 or ROW/METHOD/SEED, got 8"):
         matrix.find_cell(all_cells, "8")
+
+
+def test_the_plot_joins_rows_of_one_noise_model_only(tmp_path, monkeypatch):
+    matrix = _module(monkeypatch)
+    labels = tmp_path / "pair.npz"
+    np.savez(labels, noisy_targets=np.array([1, 2]), clean_targets=np.array([0, 2]), noise_type=np.array("pairflip"))
+    assert matrix.labels_noise_type(labels) == "pairflip"
+
+    def rec(method, rate, noise_type, accs):
+        return {"method": method, "noise_rate": rate, "noise_type": noise_type, "last": accs}
+
+    records = [rec("ce", 0.5, "symmetric", [80.0, 82.0, 84.0]), rec("ce", 0.45, "pairflip", [72.0]),
+               rec("ce", 0.2, "symmetric", [87.0]), rec("ce", None, "human", [81.0]),
+               rec("gce", 0.5, "symmetric", []), rec("gce", 0.2, "symmetric", [88.0, 86.0])]
+    lines = matrix.curves(records)
+    assert set(lines) == {("ce", "symmetric"), ("ce", "pairflip"), ("gce", "symmetric")}
+    assert lines[("ce", "symmetric")] == [(0.2, 87.0, 0.0), (0.5, 82.0, 2.0)]  # by rate; sample std of 80, 82, 84
+    assert lines[("ce", "pairflip")] == [(0.45, 72.0, 0.0)]
+    assert lines[("gce", "symmetric")] == [(0.2, 87.0, pytest.approx(2 ** 0.5))]
+    matrix.plot(records, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
