@@ -31,6 +31,7 @@ from .schedules import ScheduleName
 from .tta import TTA
 
 Mode = Literal["coteaching", "coteaching_plus"]
+Selection = Literal["batch", "per_class"]
 EvalNetwork = Literal[1, 2, "mean"]
 CKPT_KEY = "coteaching"
 
@@ -52,6 +53,9 @@ class CoTeaching(NoisyLabelMethod):
             networks' predictions disagree, from epoch ``init_epoch`` on).
         init_epoch: co-teaching+ only: epochs of plain co-teaching before disagreement starts
             (reference: 20 for CIFAR-10, 5 for CIFAR-100).
+        selection: ``batch`` (the paper's: the small-loss fraction of the whole batch) or
+            ``per_class`` (that fraction within each given label, so that a class whose labels
+            are the least reliable cannot be dropped from training altogether).
         lr: Adam learning rate (reference 0.001).
         epoch_decay_start: (0-based) epoch from which the lr decays linearly and beta1 switches
             (reference 80 for CIFAR-10, 100 for CIFAR-100); must not exceed ``max_epochs``.
@@ -82,6 +86,7 @@ class CoTeaching(NoisyLabelMethod):
         exponent: float = 1.0,
         mode: Mode = "coteaching",
         init_epoch: int = 0,
+        selection: Selection = "batch",
         lr: float = 1e-3,
         epoch_decay_start: int = 80,
         beta1: float = 0.9,
@@ -103,7 +108,7 @@ class CoTeaching(NoisyLabelMethod):
         super().__init__()
         backbone = bb.from_spec(backbone)  # a module, or its spec from a checkpoint's hyper-parameters
         check_arguments(forget_rate, num_gradual, exponent, mode, init_epoch, lr, epoch_decay_start, beta1,
-                        beta1_decayed, auto_warmup_epochs, eval_network)
+                        beta1_decayed, auto_warmup_epochs, eval_network, selection)
         self.save_hyperparameters(ignore=["backbone", "optimizer"])
         self.automatic_optimization = False
         self.net1, self.net2 = self.build_networks(self.keep_backbone_spec(backbone))
@@ -179,7 +184,8 @@ class CoTeaching(NoisyLabelMethod):
         loss2 = F.cross_entropy(logits2.float(), y, reduction="none", label_smoothing=smoothing)  # [B]
         plus = self.hparams.mode == "coteaching_plus" and self.current_epoch >= self.hparams.init_epoch
         candidates = sel.disagreement(logits1, logits2) if plus else None
-        pick1, pick2 = sel.cross_selection(loss1, loss2, forget_rate, candidates)
+        per_class = self.hparams.get("selection", "batch") == "per_class"  # older checkpoints: batch
+        pick1, pick2 = sel.cross_selection(loss1, loss2, forget_rate, candidates, y if per_class else None)
         update1, update2 = sel.cross_update_losses(loss1, loss2, pick1, pick2)
         return {"logits1": logits1, "logits2": logits2, "loss1": loss1, "loss2": loss2,
                 "pick1": pick1, "pick2": pick2, "update1": update1, "update2": update2}
@@ -329,7 +335,7 @@ class CoTeaching(NoisyLabelMethod):
 
 def check_arguments(
     forget_rate, num_gradual, exponent, mode, init_epoch, lr, epoch_decay_start, beta1, beta1_decayed,
-    auto_warmup_epochs, eval_network,
+    auto_warmup_epochs, eval_network, selection="batch",
 ) -> None:
     """Fail at construction with the offending value and what is allowed."""
     if forget_rate not in (None, "auto"):
@@ -342,6 +348,8 @@ def check_arguments(
         raise ValueError(f"exponent must be > 0, got {exponent}")
     if mode not in ("coteaching", "coteaching_plus"):
         raise ValueError(f"unknown mode {mode!r}; allowed: coteaching, coteaching_plus")
+    if selection not in ("batch", "per_class"):
+        raise ValueError(f"unknown selection {selection!r}; allowed: batch, per_class")
     if init_epoch < 0:
         raise ValueError(f"init_epoch must be >= 0, got {init_epoch}")
     if lr <= 0:

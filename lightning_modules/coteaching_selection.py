@@ -31,14 +31,23 @@ def num_remember(batch_size: int, forget_rate: float) -> int:
     return int(round((1.0 - forget_rate) * batch_size))
 
 
-def select_small_loss(losses: torch.Tensor, forget_rate: float) -> torch.Tensor:
+def select_small_loss(losses: torch.Tensor, forget_rate: float, labels: torch.Tensor | None = None) -> torch.Tensor:
     """Indices of the ``round((1 - forget_rate) * B)`` smallest entries of ``losses`` [B].
 
+    With ``labels`` [B] (the given labels), the selection is made within each label instead:
+    ``round((1 - forget_rate) * B_c)`` of the ``B_c`` samples labelled c, so that no class can
+    drop out of training. The paper's selection is batch-wide (``labels=None``); under
+    class-dependent noise it can lock a whole class out: once a class is mostly discarded its
+    losses only grow (docs/results.md, CIFAR-10N ``worst``).
     Ties are broken by position (stable sort), so the result is deterministic.
     """
     check_forget_rate(forget_rate)
-    k = num_remember(losses.numel(), forget_rate)
-    return torch.argsort(losses.detach(), stable=True)[:k]
+    order = torch.argsort(losses.detach(), stable=True)
+    if labels is None:
+        return order[: num_remember(losses.numel(), forget_rate)]
+    ranked = labels[order]
+    picks = [order[ranked == c][: num_remember(int((ranked == c).sum()), forget_rate)] for c in ranked.unique()]
+    return torch.cat(picks) if picks else order
 
 
 def forget_rate_at(epoch: int, forget_rate: float, num_gradual: int = 10, exponent: float = 1.0) -> float:
@@ -84,18 +93,21 @@ def disagreement(logits1: torch.Tensor, logits2: torch.Tensor) -> torch.Tensor:
 
 
 def cross_selection(
-    loss1: torch.Tensor, loss2: torch.Tensor, forget_rate: float, candidates: torch.Tensor | None = None
+    loss1: torch.Tensor, loss2: torch.Tensor, forget_rate: float, candidates: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The small-loss picks of network 1 and of network 2 (positions in the batch).
 
     Network 1's picks train network 2 and vice versa. ``candidates`` restricts the choice to
     those positions (co-teaching+: the disagreement set); empty candidates give empty picks.
+    ``labels``: select within each given label (``select_small_loss``).
     """
     if candidates is None:
-        return select_small_loss(loss1, forget_rate), select_small_loss(loss2, forget_rate)
+        return select_small_loss(loss1, forget_rate, labels), select_small_loss(loss2, forget_rate, labels)
+    sub = None if labels is None else labels[candidates]
     return (
-        candidates[select_small_loss(loss1[candidates], forget_rate)],
-        candidates[select_small_loss(loss2[candidates], forget_rate)],
+        candidates[select_small_loss(loss1[candidates], forget_rate, sub)],
+        candidates[select_small_loss(loss2[candidates], forget_rate, sub)],
     )
 
 

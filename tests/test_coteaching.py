@@ -41,6 +41,29 @@ def test_select_small_loss_count_and_membership(batch, rate):
     assert sorted(picked.tolist()) == sorted(sorted(range(batch), key=lambda i: losses[i].item())[:k])
 
 
+def test_per_class_selection_keeps_the_fraction_within_every_given_label():
+    # label 1's samples all have larger losses than label 0's: a batch-wide pick drops label 1 entirely
+    losses = torch.tensor([0.3, 2.5, 0.1, 3.0, 0.2, 2.0, 0.4, 4.0, 0.5, 2.2])
+    labels = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1, 0, 1])
+    assert sorted(sel.select_small_loss(losses, 0.5).tolist()) == [0, 2, 4, 6, 8]
+    # forget 0.4: keep round(0.6 * 5) = 3 per label; label 0 (positions 0 2 4 6 8): 2, 4, 0;
+    # label 1 (positions 1 3 5 7 9, losses 2.5 3.0 2.0 4.0 2.2): 5, 9, 1
+    picked = sel.select_small_loss(losses, 0.4, labels)
+    assert sorted(picked.tolist()) == [0, 1, 2, 4, 5, 9]
+    # uneven classes: 3 of label 2 -> round(0.5 * 3) = 2 (round half to even), 1 of label 7 -> round(0.5) = 0
+    losses = torch.tensor([0.9, 0.1, 0.5, 0.05])
+    labels = torch.tensor([2, 2, 2, 7])
+    assert sorted(sel.select_small_loss(losses, 0.5, labels).tolist()) == [1, 2]
+    assert sel.select_small_loss(torch.empty(0), 0.5, torch.empty(0, dtype=torch.long)).numel() == 0
+    # with candidates (co-teaching+): the fraction is taken within each label among the candidates only
+    loss1 = torch.tensor([0.1, 9.0, 0.2, 5.0, 0.3, 6.0])
+    labels = torch.tensor([0, 0, 1, 1, 0, 1])
+    p1, p2 = sel.cross_selection(loss1, loss1.flip(0), 0.5, torch.tensor([2, 3, 4, 5]), labels)
+    # candidates 2-5 carry labels 1 1 0 1: label 1 among {2, 3, 5} keeps round(1.5) = 2, label 0 ({4}) none
+    assert sorted(p1.tolist()) == [2, 3]  # network 1's losses there: 0.2 5.0 0.3 6.0
+    assert sorted(p2.tolist()) == [3, 5]  # network 2's: 5.0 0.2 9.0 0.1
+
+
 def test_cross_update_trains_each_network_on_the_others_picks():
     loss1 = torch.tensor([0.1, 3.0, 0.2, 2.0, 0.3, 1.0], requires_grad=True)
     loss2 = torch.tensor([3.0, 0.1, 2.0, 0.2, 1.0, 0.3], requires_grad=True)
@@ -239,6 +262,22 @@ def test_coteaching_plus_module_selects_within_disagreements():
     assert trainer.callback_metrics["train/num_selected_net1"].item() < 30
 
 
+def test_per_class_module_picks_the_small_losses_of_every_label():
+    g = torch.Generator().manual_seed(3)
+    batch = {"image": torch.randn(64, 2, generator=g), "target": torch.randint(0, 4, (64,), generator=g)}
+    out = tiny_module(forget_rate=0.5, selection="per_class").compute_updates(batch, forget_rate=0.5)
+    y = batch["target"].tolist()
+    for k, loss in ((1, out["loss1"]), (2, out["loss2"])):
+        expected = []
+        for label in set(y):
+            members = sorted((i for i in range(64) if y[i] == label), key=lambda i: loss[i].item())
+            expected += members[: round(0.5 * len(members))]
+        assert sorted(out[f"pick{k}"].tolist()) == sorted(expected)
+    batch_wide = tiny_module(forget_rate=0.5).compute_updates(batch, forget_rate=0.5)
+    smallest = sorted(range(64), key=lambda i: batch_wide["loss1"][i].item())[:32]
+    assert sorted(batch_wide["pick1"].tolist()) == sorted(smallest)
+
+
 # ------------------------------------------------------------------ bad input
 
 
@@ -247,7 +286,8 @@ def test_coteaching_plus_module_selects_within_disagreements():
     [({"forget_rate": 1.0}, "forget_rate"), ({"forget_rate": -0.1}, "forget_rate"),
      ({"forget_rate": "half"}, "forget_rate"), ({"num_gradual": 0}, "num_gradual"),
      ({"mode": "coteachingplus"}, "mode"), ({"eval_network": 3}, "eval_network"),
-     ({"beta1_decayed": 1.0}, "beta1_decayed"), ({"forget_rate": "auto", "auto_warmup_epochs": 0}, "auto_warmup")],
+     ({"beta1_decayed": 1.0}, "beta1_decayed"), ({"forget_rate": "auto", "auto_warmup_epochs": 0}, "auto_warmup"),
+     ({"selection": "class"}, "selection 'class'; allowed: batch, per_class")],
 )
 def test_bad_arguments_fail_at_construction(kw, match):
     with pytest.raises(ValueError, match=match):
