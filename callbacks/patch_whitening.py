@@ -7,6 +7,12 @@ conv's bias for the first 3 epochs only. As a callback it works for every
 method (one backbone, two networks, ...) and every backbone whose first conv
 has ``2 * C * kh * kw`` channels (``backbones.AirbenchNet``).
 
+A module fine-tuned from a pretrained encoder (the shared ``init_from`` option)
+keeps the first conv it loaded: the layers above it were trained on those
+filters, and whitening recomputed from another training split (or with an
+eigenvector's sign flipped) would no longer match them. Its bias still trains
+for ``bias_epochs`` only.
+
 The filters are computed in ``setup``: before the strategy wraps the model, so
 DDP broadcasts rank 0's filters to every process, and before a checkpoint is
 restored, so a resumed run keeps its saved weights. The bias is frozen after
@@ -19,10 +25,11 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 
 from datamodules import contracts as c
 from lightning_modules.backbones import first_conv
-from lightning_modules.method_base import find_backbones
+from lightning_modules.method_base import MethodBase, find_backbones
 from lightning_modules.whitening import init_patch_whitening
 
 
@@ -51,13 +58,18 @@ class PatchWhitening(pl.Callback):
         dm = trainer.datamodule
         for name in ("training_images", "eval_transform"):
             c.require(dm, name, "PatchWhitening")
-        images, _ = dm.training_images()
-        images = dm.eval_transform(images[: self.num_images].to(pl_module.device))
+        pretrained = pl_module.option("init_from") if isinstance(pl_module, MethodBase) else None
+        if pretrained:
+            rank_zero_info(f"PatchWhitening: the first conv comes from {pretrained}; kept, not re-whitened")
+        else:
+            images, _ = dm.training_images()
+            images = dm.eval_transform(images[: self.num_images].to(pl_module.device))
         for name, backbone in find_backbones(pl_module, self.modules).items():
             conv = first_conv(backbone)
             if conv is None:
                 raise ValueError(f"PatchWhitening: backbone {name!r} has no Conv2d to initialise")
-            init_patch_whitening(conv, images, self.eps)
+            if not pretrained:
+                init_patch_whitening(conv, images, self.eps)
             self.convs[name] = conv
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:

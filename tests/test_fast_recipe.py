@@ -239,6 +239,25 @@ def test_patch_whitening_bias_trains_during_its_epochs(fake_cifar10_dir):
     assert torch.equal(rec.biases[1], rec.biases[2])  # epoch 2: frozen, momentum and decay included
 
 
+def test_patch_whitening_keeps_the_first_conv_of_a_pretrained_encoder(fake_cifar10_dir, tmp_path):
+    """Fine-tuning from ``init_from``: the layers above were trained on the loaded filters, so they stay."""
+    torch.manual_seed(0)
+    source = AirbenchNet(width=0.125)
+    with torch.no_grad():
+        source.features[0].weight.normal_()  # unlike any whitening of the images
+    encoder = tmp_path / "encoder.pt"
+    torch.save({"state_dict": {f"features.{k}": v for k, v in source.features.state_dict().items()}}, encoder)
+    dm = NoisyCIFAR10(data_dir=str(fake_cifar10_dir), batch_size=100, val_size=0)
+    model = Classifier(AirbenchNet(width=0.125), init_from=str(encoder),
+                       optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9))
+    rec = _BiasPerEpoch()
+    _trainer(2, [PatchWhitening(num_images=300, bias_epochs=1), rec]).fit(model, dm)
+    assert all(torch.equal(w, source.features[0].weight) for w in rec.weights)
+    images, _ = dm.training_images()
+    assert not torch.allclose(rec.weights[0], whitening_filters(dm.eval_transform(images[:300]), (2, 2)), atol=1e-2)
+    assert torch.equal(rec.biases[0], rec.biases[1])  # the bias still freezes after bias_epochs
+
+
 class _EndWeights(pl.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         self.state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
