@@ -254,3 +254,30 @@ def test_the_plot_joins_rows_of_one_noise_model_only(tmp_path, monkeypatch):
     assert lines[("gce", "symmetric")] == [(0.2, 87.0, pytest.approx(2 ** 0.5))]
     matrix.plot(records, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+MATRIX_FILES = sorted((REPO / "scripts" / "matrix").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", MATRIX_FILES, ids=[p.name for p in MATRIX_FILES])
+def test_every_method_of_a_committed_matrix_parses_as_train_py_would_run_it(path, tmp_path, monkeypatch):
+    """A typo in a method's arguments or config stack fails here, not hours into a matrix run."""
+    from train import main
+
+    matrix = _module(monkeypatch)
+    spec = matrix.load_matrix(path)
+    spec["configs"] = [str(REPO / c) for c in spec["configs"]]
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    monkeypatch.chdir(tmp_path)  # nothing is read: the data folder is empty, the encoder is not loaded
+    checked = set()
+    for cell in matrix.cells(spec):
+        if cell.method["name"] in checked:
+            continue
+        method = {**cell.method, "configs": [str(REPO / c) for c in cell.method.get("configs", [])]}
+        args = matrix.base_args(spec, cell.row, method) + [
+            "--data.init_args.data_dir", str(tmp_path), "--trainer.accelerator", "cpu", "--trainer.devices", "1",
+            "--model.init_args.init_from", "null", "--trainer.logger", "false"]
+        cli = main(args, run=False)
+        assert cli.model.hparams.get("loss", "ce") == ("gce" if "gce" in cell.method["name"] else "ce"), cell.method
+        checked.add(cell.method["name"])
+    assert checked == {m["name"] for m in spec["methods"]}
