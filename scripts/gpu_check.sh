@@ -4,6 +4,7 @@
 #
 #   bash scripts/gpu_check.sh                      # on a GPU machine; DATA_DIR holds (or downloads) CIFAR-10
 #   bash scripts/gpu_check.sh --device cpu --smoke # the same steps at smoke size on a CPU (what the tests run)
+#                                                  (the two steps that run suite tests only collect them there)
 #
 # Steps: bench/bench_performance.py (fp32 / bf16 / fp16 / channels_last / resident / compile, per backbone);
 # the fast recipe on the full data (configs/fast/cifar10.yaml: test accuracy, wall time); one epoch of the
@@ -32,12 +33,14 @@ export PYTHONWARNINGS=ignore
 if [ "$SMOKE" = 1 ]; then
   BENCH=(--images 256 --batch-size 64 --nets airbench --variants fp32,bf16)
   SIZE=(--data.init_args.train_subset 256 --data.init_args.val_size 64 --trainer.max_epochs 1
+        --data.init_args.batch_size 16                # the 9-layer CNN: ~10 s a step at 128 on one core
         --trainer.limit_train_batches 2 --trainer.limit_val_batches 1 --trainer.limit_test_batches 1)
   FAST=(--data.init_args.batch_size 128 --model.init_args.backbone.init_args.width 0.125)
   HALF=bf16-mixed
   META=(--data.init_args.meta_size 2)
   RESUME=(-k sigkill_mid_epoch)                   # the classifier's kill-and-resume
   DDP_TESTS=(tests/test_ddp_inspect.py -k quick_with_inspect)
+  SUITE_RUN=(--collect-only)                      # the suite runs these tests itself: here, check the selection
 else
   BENCH=(--images 10000 --nets cnn,resnet18,airbench)
   SIZE=(--trainer.max_epochs 1)
@@ -49,6 +52,7 @@ else
   # convolutions do not meet; the replica, coverage and resume tests compare the device's own results
   DDP_TESTS=(tests/test_ddp_inspect.py tests/test_ddp_resume.py tests/test_distributed.py tests/test_dividemix.py
              -k "(ddp or distributed or two_process) and not confident_mistakes")
+  SUITE_RUN=()
 fi
 [ "$DEVICE" = cpu ] && HALF=bf16-mixed  # 16-mixed is GPU-only in Lightning
 COMMON=(--trainer.accelerator "$DEVICE" --trainer.devices 1 --trainer.enable_progress_bar false
@@ -96,7 +100,7 @@ step mwnet_compile_refused refused "double backward" python train.py fit --confi
   --trainer.logger.init_args.name mwnet_compile_refused
 step mwnet_half python train.py fit --config configs/mwnet/base.yaml --config configs/mwnet/cifar10_asym40.yaml \
   "${COMMON[@]}" "${SIZE[@]}" "${META[@]}" --trainer.logger.init_args.name mwnet_half --trainer.precision "$HALF"
-SUITE=(python -m pytest -q -p no:cacheprovider --basetemp "$OUT/pytest")
+SUITE=(python -m pytest -q -p no:cacheprovider --basetemp "$OUT/pytest" "${SUITE_RUN[@]}")
 step resume_exact env NLL_TEST_ACCELERATOR="$DEVICE" CUBLAS_WORKSPACE_CONFIG=:4096:8 "${SUITE[@]}" \
   tests/test_resume.py "${RESUME[@]}"
 GPUS=$([ "$DEVICE" = gpu ] && python -c 'import torch; print(torch.cuda.device_count())' || echo 0)
