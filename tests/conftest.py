@@ -89,6 +89,30 @@ def no_global_state_leaks(request, session_settings):
         pytest.fail(f"{request.node.nodeid} left (threads, default dtype, grad mode) = {after}, was {before}")
 
 
+@pytest.fixture
+def printed_config(capsys, monkeypatch):
+    """``parse(ARGS, cwd=REPO)``: the config ``train.py ARGS --print_config`` prints, as a dict.
+
+    train.py's own parser in this process (a CLI start costs seconds); ``sys.argv`` is pinned so that
+    Lightning does not see pytest's arguments, and a non-zero exit fails the test with the CLI's stderr.
+    """
+    import yaml
+
+    from train import main
+
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+
+    def parse(args: list[str], cwd: Path = REPO) -> dict:
+        monkeypatch.chdir(cwd)
+        with pytest.raises(SystemExit) as exited:  # --print_config prints the parsed config and exits
+            main([*args, "--print_config"])
+        out, err = capsys.readouterr()
+        assert exited.value.code in (0, None), f"train.py {' '.join(args)} exited {exited.value.code}\n{err[-3000:]}"
+        return yaml.safe_load(out)
+
+    return parse
+
+
 def run_train(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run ``python train.py ARGS`` as a user would; fail the test with its output on error."""
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore")

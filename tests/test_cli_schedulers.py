@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import torch
-import yaml
 
 from test_cli import _scalars, _tiny_config
 
@@ -32,19 +31,16 @@ def _run(tmp_path, data_dir, extra: list[str]):
                  "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1", *extra])
 
 
-def test_no_top_level_optimizer_or_lr_scheduler(tmp_path, fake_cifar10_dir, capfd):
+def test_no_top_level_optimizer_or_lr_scheduler(tmp_path, fake_cifar10_dir, printed_config, capsys):
     config = _tiny_config(tmp_path, fake_cifar10_dir)
-    with pytest.raises(SystemExit) as exit_:
-        main(["fit", "--config", str(config), "--print_config"])
-    assert exit_.value.code == 0
-    printed = yaml.safe_load(capfd.readouterr().out)
+    printed = printed_config(["fit", "--config", str(config)], cwd=tmp_path)
     assert "optimizer" not in printed and "lr_scheduler" not in printed, sorted(printed)
     assert printed["model"]["init_args"]["optimizer"]["class_path"] == "torch.optim.Adam"
     for arg in ("--optimizer", "--lr_scheduler"):
         with pytest.raises(SystemExit) as exit_:
             main(["fit", "--config", str(config), arg, "torch.optim.SGD"])
         assert exit_.value.code == 2
-        assert capfd.readouterr().err.startswith(f"error: unrecognized arguments: {arg} torch.optim.SGD")
+        assert capsys.readouterr().err.startswith(f"error: unrecognized arguments: {arg} torch.optim.SGD")
 
 
 def test_one_cycle_through_the_cli_steps_every_optimiser_step(tmp_path, fake_cifar10_dir):

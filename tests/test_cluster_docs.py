@@ -107,21 +107,11 @@ def doc_commands(program: str) -> list[list[str]]:
     return commands
 
 
-def test_the_docs_train_commands_parse_into_complete_runs(capsys, monkeypatch):
-    """train.py's own parser in this process (a CLI start per command would cost seconds each)."""
-    from train import main
-
-    monkeypatch.chdir(REPO)
-    monkeypatch.setattr(sys, "argv", ["train.py"])
+def test_the_docs_train_commands_parse_into_complete_runs(printed_config):
     commands = doc_commands("train.py")
     assert len(commands) >= 4  # DDP (GPU and CPU), torchrun, performance
     for words in commands:
-        args = words[words.index("train.py") + 1:]
-        with pytest.raises(SystemExit) as exited:  # --print_config prints the parsed config and exits
-            main([*args, "--print_config"])
-        out, err = capsys.readouterr()
-        assert exited.value.code in (0, None), f"{' '.join(words)}\n{err[-3000:]}"
-        cfg = yaml.safe_load(out)
+        cfg = printed_config(words[words.index("train.py") + 1:])
         assert cfg["model"]["class_path"].startswith("lightning_modules.") and cfg["data"]["class_path"], words
 
 

@@ -506,15 +506,9 @@ def test_coteaching_init_from_loads_both_networks(tmp_path):
         (["cpu_finetune_ce"], ("NoisyCIFAR10", None, "torch.optim.SGD", 8, 128)),
     ],
 )
-def test_simclr_configs_parse(stack, expected, capsys):
-    import yaml
-
-    import train
-
-    args = ["fit"] + [a for name in stack for a in ("--config", str(REPO / f"configs/simclr/{name}.yaml"))]
-    with pytest.raises(SystemExit):
-        train.main([*args, "--print_config"])
-    cfg = yaml.safe_load(capsys.readouterr().out)
+def test_simclr_configs_parse(stack, expected, printed_config):
+    configs = [a for name in stack for a in ("--config", str(REPO / f"configs/simclr/{name}.yaml"))]
+    cfg = printed_config(["fit", *configs])
     data, model = cfg["data"], cfg["model"]["init_args"]
     assert (data["class_path"].split(".")[-1], model["backbone"]["init_args"].get("depth"),
             model["optimizer"]["class_path"], cfg["trainer"]["max_epochs"], data["init_args"]["batch_size"]) == expected
