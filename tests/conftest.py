@@ -107,7 +107,7 @@ def printed_config(capsys, monkeypatch):
         with pytest.raises(SystemExit) as exited:  # --print_config prints the parsed config and exits
             main([*args, "--print_config"])
         out, err = capsys.readouterr()
-        assert exited.value.code in (0, None), f"train.py {' '.join(args)} exited {exited.value.code}\n{err[-3000:]}"
+        assert exited.value.code == 0, f"train.py {' '.join(args)} exited {exited.value.code}\n{err[-3000:]}"
         return yaml.safe_load(out)
 
     return parse
