@@ -116,6 +116,7 @@ class CoTeaching(NoisyLabelMethod):
         self.forget_rate: float | None = None if forget_rate in (None, "auto") else float(forget_rate)
         self._loss_record: torch.Tensor | None = None  # per-sample losses while estimating the rate
         self._selection: torch.Tensor | None = None  # [2, N]: network-picks offered, network-picks made
+        self._label_selection: torch.Tensor | None = None  # [2, C], this epoch: the same, summed per given label
 
     @staticmethod
     def build_networks(backbone: nn.Module) -> tuple[nn.Module, nn.Module]:
@@ -137,6 +138,7 @@ class CoTeaching(NoisyLabelMethod):
 
     def on_train_epoch_start(self) -> None:
         epoch, hp = self.current_epoch, self.hparams
+        self._label_selection = torch.zeros(2, hp.num_classes, device=self.device)
         if hp.forget_rate == "auto" and self.forget_rate is None:
             self._auto_forget_rate_step(epoch)
         if self.optimizer_factory is not None:  # per-step schedule: see configure_optimizers
@@ -210,6 +212,7 @@ class CoTeaching(NoisyLabelMethod):
             opt2.step()
         self.step_lr_schedules()
         self._count_selection(batch[c.INDEX], out["pick1"], out["pick2"])
+        self._count_label_selection(batch[c.TARGET], out["pick1"], out["pick2"])
         loss1 = out["loss1"].detach()
         if self._loss_record is not None:
             self._loss_record[batch[c.INDEX].to(self._loss_record.device)] = loss1.to(self._loss_record)
@@ -226,6 +229,31 @@ class CoTeaching(NoisyLabelMethod):
         self._selection[0, index] += 2  # two networks each offered the sample a place in their pick
         self._selection[1, index[pick1]] += 1
         self._selection[1, index[pick2]] += 1
+
+    def _count_label_selection(self, y: torch.Tensor, pick1: torch.Tensor, pick2: torch.Tensor) -> None:
+        counts = self._label_selection
+        if counts is None:  # a training step without an epoch start (direct calls)
+            return
+        counts[0].index_add_(0, y, torch.full_like(y, 2, dtype=counts.dtype))
+        for pick in (pick1, pick2):
+            counts[1].index_add_(0, y[pick], torch.ones_like(pick, dtype=counts.dtype))
+
+    def on_train_epoch_end(self) -> None:
+        """Log, per given label, the fraction of the places offered to its samples this epoch that a
+        network's small-loss pick took. A class whose fraction falls to 0 has dropped out of training:
+        batch-wide selection does not bring it back (docs/results.md), ``selection: per_class`` cannot
+        let it fall. ``train/selected_fraction_min`` is the smallest over the labels seen."""
+        counts = self._label_selection
+        if counts is None:
+            return
+        counts = self.trainer.strategy.reduce(counts.clone(), reduce_op="sum")  # each process its share
+        seen = counts[0] > 0
+        if not seen.any():
+            return
+        fraction = counts[1] / counts[0].clamp_min(1)
+        for label in seen.nonzero().flatten().tolist():
+            self.log(f"train/selected_fraction/label_{label}", fraction[label], on_epoch=True)
+        self.log("train/selected_fraction_min", fraction[seen].min(), on_epoch=True)
 
     def detection_scores(self) -> dict[str, torch.Tensor]:
         """Per training sample: ``score``, the fraction of (network, step) picks that selected it over the

@@ -13,6 +13,7 @@ import math
 import pytest
 import pytorch_lightning as pl
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
 from lightning_modules import Classifier, CoTeaching, MetaWeightNet
@@ -57,10 +58,10 @@ def batch(spec: dict, offset: int) -> dict:
 class FixedBatches(pl.LightningDataModule):
     image_shape = (C, 1, 1)
 
-    def __init__(self, meta: bool = False):
+    def __init__(self, meta: bool = False, specs: list[dict] = BATCHES):
         super().__init__()
         self.save_hyperparameters({"meta_size": 1 if meta else 0, "noise_rate": 0.5})
-        self.batches = [batch(s, 100 * i) for i, s in enumerate(BATCHES)]
+        self.batches = [batch(s, 100 * i) for i, s in enumerate(specs)]
         if meta:  # a clean meta batch beside each training batch
             self.batches = [{"train": b, "meta": batch(BATCHES[0], 1000)} for b in self.batches]
 
@@ -68,10 +69,11 @@ class FixedBatches(pl.LightningDataModule):
         return torch.utils.data.DataLoader(self.batches, batch_size=None)
 
 
-def fit(model: pl.LightningModule, meta: bool = False, max_epochs: int = 1, callbacks=()) -> dict:
-    trainer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+def fit(model: pl.LightningModule, meta: bool = False, max_epochs: int = 1, callbacks=(), specs=BATCHES,
+        logger=False) -> dict:
+    trainer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", logger=logger, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks))
-    trainer.fit(model, datamodule=FixedBatches(meta))
+    trainer.fit(model, datamodule=FixedBatches(meta, specs))
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 
@@ -128,3 +130,46 @@ def test_coteaching_label_precision_by_hand():
         assert m[f"train/label_precision_net{k}"] == pytest.approx((2 + 0) / (5 + 2))
         assert m[f"train/num_selected_net{k}"] == pytest.approx((5 * 10 + 2 * 5) / 15)  # sample-weighted mean
         assert m["train/forget_rate"] == pytest.approx(0.5)
+
+
+def _frozen_twin_coteaching(**kw) -> CoTeaching:
+    model = CoTeaching(IdentityBackbone(), num_classes=C, forget_rate=0.5, num_gradual=1, lr=1e-12,
+                       epoch_decay_start=2, **kw)  # epoch 0: R = 0 (everything kept); epoch 1: R = 0.5
+    model.net2.load_state_dict(model.net1.state_dict())  # both networks pick the same samples
+    return model
+
+
+def test_coteaching_selected_fraction_per_given_label_by_hand():
+    """The picks of the label-precision test above, counted per given label over epoch 2. First batch:
+    labels 0/1/2/3 have 3/3/2/2 samples, the picks (positions 1-5) hold 1/2/1/1 of them; second batch:
+    1/1/1/2 samples, picks (positions 3, 4) hold labels 1 and 0."""
+    m = fit(_frozen_twin_coteaching(), max_epochs=2)
+    expected = {0: (1 + 1) / (3 + 1), 1: (2 + 1) / (3 + 1), 2: (1 + 0) / (2 + 1), 3: (1 + 0) / (2 + 2)}
+    for label, want in expected.items():
+        assert m[f"train/selected_fraction/label_{label}"] == pytest.approx(want)
+    assert m["train/selected_fraction_min"] == pytest.approx(0.25)
+
+
+# label 3's samples are predicted wrong (the largest losses); the right ones grow more confident with position;
+# no sample is labelled 2
+COLLAPSE = [{"pred": [0, 0, 1, 1, 1, 1, 0, 1], "target": [0, 0, 1, 1, 1, 1, 3, 3], "clean": [0, 0, 1, 1, 1, 1, 3, 3]}]
+
+
+@pytest.mark.parametrize("selection, label_3, label_0", [("batch", 0.0, 0.0), ("per_class", 0.5, 0.5)])
+def test_selected_fraction_shows_a_label_dropping_out_of_batch_wide_selection(selection, label_3, label_0, tmp_path):
+    """Batch-wide at R = 0.5 keeps the 4 smallest losses of 8, positions 2-5 (all labelled 1): labels 0 and 3
+    get no place. Within each label, half of each label's samples is kept. Label 2 has no sample: no value
+    (and not a 0 in the minimum). Read back per epoch from TensorBoard."""
+    logger = pl.loggers.TensorBoardLogger(tmp_path, name="sel", version=0)
+    fit(_frozen_twin_coteaching(selection=selection), max_epochs=2, specs=COLLAPSE, logger=logger)
+    events = EventAccumulator(str(tmp_path / "sel" / "version_0"))
+    events.Reload()
+
+    def per_epoch(tag):
+        return [e.value for e in events.Scalars(tag)]
+
+    assert per_epoch("train/selected_fraction/label_3") == pytest.approx([1.0, label_3])
+    assert per_epoch("train/selected_fraction/label_0") == pytest.approx([1.0, label_0])
+    assert per_epoch("train/selected_fraction/label_1") == pytest.approx([1.0, 1.0 if selection == "batch" else 0.5])
+    assert "train/selected_fraction/label_2" not in events.Tags()["scalars"]
+    assert per_epoch("train/selected_fraction_min") == pytest.approx([1.0, min(label_3, label_0)])
