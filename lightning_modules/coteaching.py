@@ -226,17 +226,12 @@ class CoTeaching(NoisyLabelMethod):
             if not c.offers(dm, "noisy_targets"):  # one slot per sample index
                 return  # a datamodule without sample indices: no counts (detection_scores then refuses)
             self._selection = torch.zeros(2, len(dm.noisy_targets), device=self.device)
-        self._selection[0, index] += 2  # two networks each offered the sample a place in their pick
-        self._selection[1, index[pick1]] += 1
-        self._selection[1, index[pick2]] += 1
+        add_picks(self._selection, index, pick1, pick2)
 
     def _count_label_selection(self, y: torch.Tensor, pick1: torch.Tensor, pick2: torch.Tensor) -> None:
-        counts = self._label_selection
-        if counts is None:  # a training step without an epoch start (direct calls)
-            return
-        counts[0].index_add_(0, y, torch.full_like(y, 2, dtype=counts.dtype))
-        for pick in (pick1, pick2):
-            counts[1].index_add_(0, y[pick], torch.ones_like(pick, dtype=counts.dtype))
+        """The same per given label, this epoch (``train/selected_fraction``)."""
+        if self._label_selection is not None:  # set at every epoch start
+            add_picks(self._label_selection, y, pick1, pick2)
 
     def on_train_epoch_end(self) -> None:
         """Log, per given label, the fraction of the places offered to its samples this epoch that a
@@ -360,6 +355,15 @@ class CoTeaching(NoisyLabelMethod):
         if selection is not None and self.global_rank > 0:
             selection = torch.zeros_like(selection)  # the merged counts live on rank 0: summed once
         self._selection = None if selection is None else selection.to(self.device)
+
+
+def add_picks(counts: torch.Tensor, key: torch.Tensor, pick1: torch.Tensor, pick2: torch.Tensor) -> None:
+    """``counts[0][k] += 2`` for each sample of key k in the batch (two networks each offered it a place in
+    their pick), ``counts[1][k] += 1`` for each network's pick of it. ``key``: a sample's index or label."""
+    counts[0].index_add_(0, key, torch.full_like(key, 2, dtype=counts.dtype))
+    for pick in (pick1, pick2):
+        counts[1].index_add_(0, key[pick], torch.ones_like(pick, dtype=counts.dtype))
+
 
 def check_arguments(
     forget_rate, num_gradual, exponent, mode, init_epoch, lr, epoch_decay_start, beta1, beta1_decayed,
