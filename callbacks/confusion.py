@@ -15,6 +15,7 @@ support per class). The last matrices are kept in ``self.matrices`` by stage.
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -75,6 +76,18 @@ def per_class_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def weights_label(trainer: pl.Trainer, prefix: str) -> str:
+    """Which weights a matrix is of: the checkpoint file a test loaded, else the epoch.
+
+    ``trainer.test(ckpt_path=...)`` restores the weights but not the epoch counter, which reads 0 for a
+    checkpoint tested alone and the fit's epoch count for one tested after a fit (``train.py``'s
+    last and best checkpoints alike), so at test the file is named instead.
+    """
+    if prefix != "val" and trainer.ckpt_path:
+        return Path(trainer.ckpt_path).name
+    return f"epoch {trainer.current_epoch}"
+
+
 class ConfusionMatrix(Callback):
     """Confusion-matrix heat-maps in TensorBoard; per-class precision/recall/F1 at test.
 
@@ -92,6 +105,7 @@ class ConfusionMatrix(Callback):
             raise ValueError(f"normalize must be 'none' or 'row', got {normalize!r}")
         self.every_n_epochs, self.normalize, self.on_test = every_n_epochs, normalize, on_test
         self.matrices: dict[str, torch.Tensor] = {}
+        self.titles: dict[str, str] = {}
         self.per_class: dict[str, list[dict]] = {}
         self._metrics: MetricCollection | None = None
 
@@ -181,6 +195,7 @@ class ConfusionMatrix(Callback):
         if not trainer.is_global_zero:
             return
         names = class_names_of(trainer, len(matrix))
-        title = f"{prefix} confusion, epoch {trainer.current_epoch}"
+        title = f"{prefix} confusion, {weights_label(trainer, prefix)}"
+        self.titles[prefix] = title
         fig = confusion_figure(matrix.numpy(), names, self.normalize, title)
         log_figure(trainer, type(self).__name__, f"{prefix}/confusion_matrix", fig, png_name)

@@ -134,6 +134,38 @@ def test_confusion_images_and_text_in_tensorboard(run):
         assert (run.log_dir / f"confusion_{prefix}.png").is_file()
 
 
+def test_confusion_titles_name_the_tested_checkpoint_not_the_fit_epoch(run):
+    """After the fit the epoch counter reads 2 whichever checkpoint is tested; the titles name the file."""
+    import json
+
+    results = json.loads((run.log_dir / "test_results.json").read_text())
+    titles = run.cb[ConfusionMatrix].titles
+    for prefix in ("test", "test_best"):
+        assert titles[prefix] == f"{prefix} confusion, {Path(results[prefix]['checkpoint']).name}"
+    assert Path(results["test"]["checkpoint"]).name == "last.ckpt"
+    assert titles["val"] == "val confusion, epoch 1"  # the second (last) epoch, counted from 0
+
+
+def test_confusion_title_of_a_resumed_fit_names_the_epoch_not_the_resumed_checkpoint(fake_cifar10_dir, tmp_path):
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    from datamodules import NoisyCIFAR10
+    from lightning_modules import Classifier
+    from lightning_modules.backbones import CNN
+
+    def fit(epochs: int, ckpt_path: str | None) -> ConfusionMatrix:
+        cb = ConfusionMatrix(every_n_epochs=1, on_test=False)
+        dm = NoisyCIFAR10(data_dir=str(fake_cifar10_dir), val_size=100, batch_size=100, download=False)
+        trainer = pl.Trainer(max_epochs=epochs, logger=TensorBoardLogger(tmp_path), callbacks=[cb],
+                             enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+        trainer.fit(Classifier(CNN(width=0.125)), datamodule=dm, ckpt_path=ckpt_path)
+        return cb
+
+    fit(1, None)
+    (ckpt,) = tmp_path.rglob("*.ckpt")
+    assert fit(2, str(ckpt)).titles["val"] == "val confusion, epoch 1"
+
+
 def test_row_normalised_figure_rows_sum_to_one():
     m = np.array([[3, 1], [0, 0]])
     fig = confusion_figure(m, ["a", "b"], normalize="row")
