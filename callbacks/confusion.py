@@ -22,6 +22,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.trainer.states import TrainerFn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     MulticlassConfusionMatrix,
@@ -76,14 +77,15 @@ def per_class_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def weights_label(trainer: pl.Trainer, prefix: str) -> str:
-    """Which weights a matrix is of: the checkpoint file a test loaded, else the epoch.
+def weights_label(trainer: pl.Trainer) -> str:
+    """Which weights a matrix is of: the checkpoint file a test or validate run loaded, else the epoch.
 
-    ``trainer.test(ckpt_path=...)`` restores the weights but not the epoch counter, which reads 0 for a
-    checkpoint tested alone and the fit's epoch count for one tested after a fit (``train.py``'s
-    last and best checkpoints alike), so at test the file is named instead.
+    ``trainer.test/validate(ckpt_path=...)`` restore the weights but not the epoch counter, which reads 0
+    for a checkpoint evaluated alone and the fit's epoch count for one tested after a fit (``train.py``'s
+    last and best checkpoints alike), so there the file is named instead. In a fit ``ckpt_path`` is the
+    checkpoint resumed from, and the epoch counter is right.
     """
-    if prefix != "val" and trainer.ckpt_path:
+    if trainer.state.fn != TrainerFn.FITTING and trainer.ckpt_path:
         return Path(trainer.ckpt_path).name
     return f"epoch {trainer.current_epoch}"
 
@@ -195,7 +197,7 @@ class ConfusionMatrix(Callback):
         if not trainer.is_global_zero:
             return
         names = class_names_of(trainer, len(matrix))
-        title = f"{prefix} confusion, {weights_label(trainer, prefix)}"
+        title = f"{prefix} confusion, {weights_label(trainer)}"
         self.titles[prefix] = title
         fig = confusion_figure(matrix.numpy(), names, self.normalize, title)
         log_figure(trainer, type(self).__name__, f"{prefix}/confusion_matrix", fig, png_name)

@@ -146,7 +146,7 @@ def test_confusion_titles_name_the_tested_checkpoint_not_the_fit_epoch(run):
     assert titles["val"] == "val confusion, epoch 1"  # the second (last) epoch, counted from 0
 
 
-def test_confusion_title_of_a_resumed_fit_names_the_epoch_not_the_resumed_checkpoint(fake_cifar10_dir, tmp_path):
+def test_confusion_title_names_the_epoch_in_a_resumed_fit_and_the_file_in_validate(fake_cifar10_dir, tmp_path):
     from pytorch_lightning.loggers import TensorBoardLogger
 
     from datamodules import NoisyCIFAR10
@@ -164,6 +164,14 @@ def test_confusion_title_of_a_resumed_fit_names_the_epoch_not_the_resumed_checkp
     fit(1, None)
     (ckpt,) = tmp_path.rglob("*.ckpt")
     assert fit(2, str(ckpt)).titles["val"] == "val confusion, epoch 1"
+
+    # validating that checkpoint alone: the epoch counter reads 0, the title names the file
+    cb = ConfusionMatrix(every_n_epochs=1, on_test=False)
+    dm = NoisyCIFAR10(data_dir=str(fake_cifar10_dir), val_size=100, batch_size=100, download=False)
+    trainer = pl.Trainer(logger=TensorBoardLogger(tmp_path), callbacks=[cb], enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu")
+    trainer.validate(Classifier(CNN(width=0.125)), datamodule=dm, ckpt_path=str(ckpt), verbose=False)
+    assert cb.titles["val"] == f"val confusion, {ckpt.name}"
 
 
 def test_row_normalised_figure_rows_sum_to_one():
