@@ -153,25 +153,20 @@ def test_confusion_title_names_the_epoch_in_a_resumed_fit_and_the_file_in_valida
     from lightning_modules import Classifier
     from lightning_modules.backbones import CNN
 
-    def fit(epochs: int, ckpt_path: str | None) -> ConfusionMatrix:
+    def run(stage: str, ckpt_path: str | None, epochs: int = 1) -> ConfusionMatrix:
+        """``trainer.fit`` or ``trainer.validate`` of a fresh model from ``ckpt_path``; the callback."""
         cb = ConfusionMatrix(every_n_epochs=1, on_test=False)
         dm = NoisyCIFAR10(data_dir=str(fake_cifar10_dir), val_size=100, batch_size=100, download=False)
         trainer = pl.Trainer(max_epochs=epochs, logger=TensorBoardLogger(tmp_path), callbacks=[cb],
                              enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
-        trainer.fit(Classifier(CNN(width=0.125)), datamodule=dm, ckpt_path=ckpt_path)
+        getattr(trainer, stage)(Classifier(CNN(width=0.125)), datamodule=dm, ckpt_path=ckpt_path)
         return cb
 
-    fit(1, None)
+    run("fit", None)
     (ckpt,) = tmp_path.rglob("*.ckpt")
-    assert fit(2, str(ckpt)).titles["val"] == "val confusion, epoch 1"
-
+    assert run("fit", str(ckpt), epochs=2).titles["val"] == "val confusion, epoch 1"
     # validating that checkpoint alone: the epoch counter reads 0, the title names the file
-    cb = ConfusionMatrix(every_n_epochs=1, on_test=False)
-    dm = NoisyCIFAR10(data_dir=str(fake_cifar10_dir), val_size=100, batch_size=100, download=False)
-    trainer = pl.Trainer(logger=TensorBoardLogger(tmp_path), callbacks=[cb], enable_progress_bar=False,
-                         enable_model_summary=False, accelerator="cpu")
-    trainer.validate(Classifier(CNN(width=0.125)), datamodule=dm, ckpt_path=str(ckpt), verbose=False)
-    assert cb.titles["val"] == f"val confusion, {ckpt.name}"
+    assert run("validate", str(ckpt)).titles["val"] == f"val confusion, {ckpt.name}"
 
 
 def test_row_normalised_figure_rows_sum_to_one():
