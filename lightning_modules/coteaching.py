@@ -22,6 +22,7 @@ from pytorch_lightning.cli import OptimizerCallable
 from torch import nn
 
 from datamodules import contracts as c
+from datamodules import noise
 
 from . import backbones as bb
 from . import coteaching_selection as sel
@@ -43,8 +44,8 @@ class CoTeaching(NoisyLabelMethod):
         backbone: network 1 (``class_path`` in YAML); network 2 is a deep copy re-initialised
             with ``backbones.reinitialise`` so that the two start independently.
         num_classes: linked from the datamodule by train.py.
-        forget_rate: final fraction R of each batch that a network discards. ``None``: the
-            datamodule's ``noise_rate`` (its realised rate for human noise); ``"auto"``: estimated
+        forget_rate: final fraction R of each batch that a network discards. ``None``: the share
+            of wrong labels the datamodule's noise implies (``forget_rate_from_data``); ``"auto"``: estimated
             from network 1's per-sample losses after ``auto_warmup_epochs`` epochs of plain
             training (2-component Gaussian mixture, ``coteaching_selection.estimate_forget_rate``).
         num_gradual: epochs over which R(t) ramps up (T_k in the paper).
@@ -409,11 +410,17 @@ def check_max_epochs(epoch_decay_start: int, max_epochs: int | None) -> None:
 
 
 def forget_rate_from_data(dm) -> float:
-    """The datamodule's nominal noise rate (its realised rate for human labels)."""
+    """The share of wrong labels the datamodule's noise implies: the realised share for human labels;
+    for synthetic noise, the expected share under its transition matrix (``noise.expected_noise_rate``:
+    ``noise_rate`` itself for symmetric and pairflip noise, half of it for CIFAR-10's asymmetric noise,
+    where only five classes flip), else ``noise_rate``. Forgetting ``noise_rate`` of every batch under
+    asymmetric noise would discard twice the wrong labels there are, whole classes first."""
     hp = dm.hparams if dm is not None else {}
     rate = hp.get("noise_rate")
     if hp.get("noise_type") == "human":
         rate = float(c.require(dm, "actual_noise_rate", "forget_rate: null with human labels"))
+    elif rate is not None and c.offers(dm, "transition_matrix") and c.offers(dm, "clean_targets"):
+        rate = noise.expected_noise_rate(dm.transition_matrix, dm.clean_targets)
     if rate is None:
         raise ValueError("forget_rate is null but the datamodule has no noise_rate; set model.init_args.forget_rate")
     sel.check_forget_rate(rate)

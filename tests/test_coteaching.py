@@ -232,6 +232,24 @@ def test_label_precision_on_noisy_blobs_beats_random_selection():
     assert outputs["logits"].shape == (100, 4)
 
 
+@pytest.mark.parametrize("noise_type, rate", [("symmetric", 0.4), ("pairflip", 0.45), ("uniform", 0.5),
+                                              ("asymmetric", 0.4)])
+def test_forget_rate_null_is_the_share_of_wrong_labels_the_noise_implies(fake_cifar10_dir, noise_type, rate):
+    from datamodules import NoisyCIFAR10
+    from lightning_modules.coteaching import forget_rate_from_data
+
+    dm = NoisyCIFAR10(data_dir=str(fake_cifar10_dir), val_size=100, noise_type=noise_type, noise_rate=rate)
+    dm.setup("fit")
+    clean = dm.clean_targets
+    if noise_type == "asymmetric":  # only truck, bird, deer, cat and dog flip, each with probability rate
+        want = rate * torch.isin(clean, torch.tensor([9, 2, 3, 4, 5])).double().mean().item()
+    elif noise_type == "uniform":  # a redraw from all ten classes returns the true one a tenth of the time
+        want = rate * 0.9
+    else:
+        want = rate
+    assert forget_rate_from_data(dm) == pytest.approx(want)
+
+
 def test_forget_rate_auto_estimates_the_noise_rate():
     # lr 0.01: two warm-up epochs of 20 steps must fit the clean signal before losses separate
     model, trainer, _ = fit_blobs(max_epochs=3, forget_rate="auto", auto_warmup_epochs=2, num_gradual=2,
@@ -348,7 +366,7 @@ def test_resume_from_last_checkpoint_is_exact(tmp_path, fake_cifar10_dir):
     crop/flip draw random numbers, R(t), lr and beta1 change between the epochs)."""
     straight = _cli_fit(tmp_path / "a", fake_cifar10_dir, 2)
     first = _cli_fit(tmp_path / "b", fake_cifar10_dir, 1)
-    assert first["coteaching"]["forget_rate"] == 0.4  # from the datamodule's noise_rate
+    assert first["coteaching"]["forget_rate"] == pytest.approx(0.4)  # the symmetric noise_rate
     assert len(first["optimizer_states"]) == 2  # both networks' Adam states
     last = tmp_path / "b" / "r" / "version_0" / "checkpoints" / "last.ckpt"
     resumed = _cli_fit(tmp_path / "b", fake_cifar10_dir, 2, ckpt_path=last)

@@ -76,6 +76,20 @@ EXPECTED_CHANGED = {
 
 
 @pytest.mark.parametrize("noise_type", list(EXPECTED_CHANGED))
+@pytest.mark.parametrize("rate", [0.2, 0.4])
+def test_expected_noise_rate_is_the_share_of_labels_the_matrix_changes(noise_type, rate):
+    class_map = noise.CIFAR10_ASYMMETRIC_MAP if noise_type == "asymmetric" else None
+    t = noise.transition_matrix(noise_type, rate, C, class_map)
+    assert noise.expected_noise_rate(t, CLEAN) == pytest.approx(EXPECTED_CHANGED[noise_type](rate))
+
+
+def test_expected_noise_rate_weighs_classes_by_their_frequency():
+    t = torch.tensor([[0.6, 0.4], [0.0, 1.0]], dtype=torch.float64)  # only class 0 flips
+    assert noise.expected_noise_rate(t, torch.tensor([0, 0, 0, 1])) == pytest.approx(0.75 * 0.4)
+    assert noise.expected_noise_rate(t, torch.tensor([0, 1, 1, 1])) == pytest.approx(0.25 * 0.4)
+
+
+@pytest.mark.parametrize("noise_type", list(EXPECTED_CHANGED))
 @pytest.mark.parametrize("rate", [0.2, 0.45])
 def test_realised_rate_and_matrix_match_r_on_50k_labels(noise_type, rate):
     class_map = noise.CIFAR10_ASYMMETRIC_MAP if noise_type == "asymmetric" else None
