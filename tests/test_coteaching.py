@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules import noise
+from datamodules import NoisyCIFAR10, noise
 from lightning_modules import CoTeaching
 from lightning_modules import coteaching_selection as sel
+from lightning_modules.coteaching import forget_rate_from_data
 from lightning_modules.backbones import MLP
 
 # ------------------------------------------------------------------ selection
@@ -235,9 +236,6 @@ def test_label_precision_on_noisy_blobs_beats_random_selection():
 @pytest.mark.parametrize("noise_type, rate", [("symmetric", 0.4), ("pairflip", 0.45), ("uniform", 0.5),
                                               ("asymmetric", 0.4)])
 def test_forget_rate_null_is_the_share_of_wrong_labels_the_noise_implies(fake_cifar10_dir, noise_type, rate):
-    from datamodules import NoisyCIFAR10
-    from lightning_modules.coteaching import forget_rate_from_data
-
     dm = NoisyCIFAR10(data_dir=str(fake_cifar10_dir), val_size=100, noise_type=noise_type, noise_rate=rate)
     dm.setup("fit")
     clean = dm.clean_targets
