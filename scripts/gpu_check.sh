@@ -14,9 +14,11 @@
 # an uninterrupted run by torch.equal on every weight (tests/test_resume.py); and, with two or more GPUs, the
 # 2-process DDP matrix of the suite (every method with inspect.yaml, identical replicas, callbacks covering the
 # whole evaluation set, kill-and-resume) on NCCL with TORCH_DISTRIBUTED_DEBUG=DETAIL. The last two run the
-# suite's own tests on the device (NLL_TEST_ACCELERATOR), so the GPU machine needs `pip install -e ".[dev]"`.
+# suite's own tests on the device (NLL_TEST_ACCELERATOR), so the GPU machine needs the project's dependencies
+# (`pip install -e ".[dev]"`). Measured on an H200: docs/benchmarks.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # every step imports this checkout, installed or not
 DEVICE=gpu; SMOKE=0
 while [ $# -gt 0 ]; do
   case "$1" in
